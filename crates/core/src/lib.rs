@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+
+pub mod broker;
+mod envelope;
+mod id;
+mod name;
+mod retry;
+mod state;
+pub mod store;
+mod time;
+
+pub use envelope::{JobEnvelope, Payload};
+pub use id::{JobId, ParseJobIdError};
+pub use name::{IdempotencyKey, JobKind, NameError, QueueName, Tag};
+pub use retry::RetryPolicy;
+pub use state::{IllegalTransition, JobState};
+pub use time::UnixMillis;

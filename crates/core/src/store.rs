@@ -1,0 +1,97 @@
+//! The store abstraction: where history lives. Every state change of every job is recorded
+//! as a [`JobEvent`]; the store keeps a per-job projection ([`JobRecord`]) that the API reads.
+//!
+//! Events are recorded in batches off the hot path. They carry the job's envelope so the
+//! store can create the job's record from whichever event reaches it first, and the fencing
+//! token so a late event from an expired lease never overwrites a newer attempt's outcome.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::{JobEnvelope, JobId, JobKind, JobState, Payload, QueueName, Tag, UnixMillis};
+
+/// What happened to a job.
+#[derive(Clone, Debug)]
+pub enum JobEventKind {
+    Enqueued,
+    Started { worker: Arc<str> },
+    Succeeded { result: Option<Payload> },
+    /// The attempt failed; another comes at `retry_at`.
+    Failed { error: String, retry_at: UnixMillis },
+    Dead { error: String },
+    Cancelled,
+}
+
+impl JobEventKind {
+    /// The state the job is in after this event.
+    #[must_use]
+    pub fn state_after(&self, job: &JobEnvelope) -> JobState {
+        match self {
+            Self::Enqueued if job.run_at > job.created_at => JobState::Scheduled,
+            Self::Enqueued => JobState::Queued,
+            Self::Started { .. } => JobState::Running,
+            Self::Succeeded { .. } => JobState::Succeeded,
+            Self::Failed { .. } => JobState::Retrying,
+            Self::Dead { .. } => JobState::Dead,
+            Self::Cancelled => JobState::Cancelled,
+        }
+    }
+}
+
+/// One event in a job's life.
+#[derive(Clone, Debug)]
+pub struct JobEvent {
+    pub job: Arc<JobEnvelope>,
+    /// The attempt this event belongs to (0 before the first run).
+    pub attempt: u32,
+    /// The lease's fencing token (0 before the first lease).
+    pub fence: u64,
+    pub at: UnixMillis,
+    pub kind: JobEventKind,
+}
+
+/// A job as history knows it: the projection of its events.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub queue: QueueName,
+    pub kind: JobKind,
+    pub state: JobState,
+    pub payload: Payload,
+    pub result: Option<Payload>,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub priority: i16,
+    pub tags: Vec<Tag>,
+    pub created_at: UnixMillis,
+    pub run_at: UnixMillis,
+    pub started_at: Option<UnixMillis>,
+    pub finished_at: Option<UnixMillis>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store holds data it cannot read: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Job history.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    /// Records events, idempotently: recording the same event twice leaves one effect.
+    async fn record(&self, events: Vec<JobEvent>) -> StoreResult<()>;
+
+    async fn job(&self, id: JobId) -> StoreResult<Option<JobRecord>>;
+
+    async fn ping(&self) -> StoreResult<()>;
+}
