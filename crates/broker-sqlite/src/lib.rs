@@ -1,1 +1,202 @@
 #![doc = include_str!("../README.md")]
+
+mod admin;
+mod config;
+mod consumer;
+mod producer;
+mod row;
+mod schema;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_batch::Batcher;
+use ferry_core::broker::{
+    Broker, BrokerError, BrokerResult, Capabilities, DeadJob, EnqueueOutcome, Lease, LeaseRef,
+    QueueSelector, QueueStats, Settle, SettleOutcome,
+};
+use ferry_core::{JobEnvelope, JobId, QueueName};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::Notify;
+
+pub use config::SqliteBrokerConfig;
+
+/// The embedded SQLite broker. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct SqliteBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The only connection in this process that writes, so writers here never contend.
+    writer: SqlitePool,
+    reader: SqlitePool,
+    enqueuer: Batcher<JobEnvelope, EnqueueOutcome, Arc<str>>,
+    pushed: Notify,
+    config: SqliteBrokerConfig,
+}
+
+pub(crate) fn unavailable(e: &sqlx::Error) -> BrokerError {
+    BrokerError::Unavailable(format!("sqlite: {e}"))
+}
+
+impl SqliteBroker {
+    /// Opens (creating if needed) the broker database and brings its schema up to date.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or migrated.
+    pub async fn open(config: SqliteBrokerConfig) -> BrokerResult<Self> {
+        if let Some(dir) = config.path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    BrokerError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(&config.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .map_err(|e| {
+                BrokerError::Unavailable(format!(
+                    "cannot open sqlite broker at {}: {e}",
+                    config.path.display()
+                ))
+            })?;
+        schema::migrate(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts.read_only(true))
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let w = writer.clone();
+        let enqueuer = Batcher::spawn(config.max_enqueue_batch, 4096, move |jobs| {
+            let w = w.clone();
+            async move {
+                producer::insert(&w, jobs)
+                    .await
+                    .map_err(|e| Arc::<str>::from(e.to_string()))
+            }
+        });
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer,
+                reader,
+                enqueuer,
+                pushed: Notify::new(),
+                config,
+            }),
+        })
+    }
+
+    fn wake_consumers(&self) {
+        // Wake everyone waiting now, and leave a permit for a consumer that is between an
+        // empty lease and its wait, so that push is not missed.
+        self.inner.pushed.notify_waiters();
+        self.inner.pushed.notify_one();
+    }
+}
+
+#[async_trait]
+impl Broker for SqliteBroker {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            delay: true,
+            priority: true,
+            per_message_lease: true,
+            pause: true,
+            cross_process_wakeup: false,
+        }
+    }
+
+    async fn enqueue(&self, jobs: Vec<JobEnvelope>) -> BrokerResult<Vec<EnqueueOutcome>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .inner
+            .enqueuer
+            .submit(jobs)
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        self.wake_consumers();
+        Ok(out)
+    }
+
+    async fn lease(
+        &self,
+        queues: &QueueSelector,
+        max: usize,
+        lease_for: Duration,
+        worker: &str,
+    ) -> BrokerResult<Vec<Lease>> {
+        consumer::lease(&self.inner.writer, queues, max, lease_for, worker).await
+    }
+
+    async fn extend(&self, leases: &[LeaseRef], lease_for: Duration) -> BrokerResult<Vec<bool>> {
+        consumer::extend(&self.inner.writer, leases, lease_for).await
+    }
+
+    async fn settle(&self, batch: &[Settle]) -> BrokerResult<Vec<SettleOutcome>> {
+        let out = consumer::settle(&self.inner.writer, batch).await?;
+        if batch
+            .iter()
+            .any(|s| matches!(s.settlement, ferry_core::broker::Settlement::Retry { .. }))
+        {
+            self.wake_consumers();
+        }
+        Ok(out)
+    }
+
+    async fn wait_for_jobs(&self, _queues: &QueueSelector, max_wait: Duration) {
+        let wait = max_wait.min(self.inner.config.poll_interval);
+        let _ = tokio::time::timeout(wait, self.inner.pushed.notified()).await;
+    }
+
+    async fn stats(&self, queue: &QueueName) -> BrokerResult<QueueStats> {
+        admin::stats(&self.inner.reader, queue).await
+    }
+
+    async fn pause(&self, queue: &QueueName) -> BrokerResult<()> {
+        admin::set_paused(&self.inner.writer, queue, true).await
+    }
+
+    async fn resume(&self, queue: &QueueName) -> BrokerResult<()> {
+        admin::set_paused(&self.inner.writer, queue, false).await?;
+        self.wake_consumers();
+        Ok(())
+    }
+
+    async fn dead_jobs(&self, queue: &QueueName, limit: usize) -> BrokerResult<Vec<DeadJob>> {
+        admin::dead_jobs(&self.inner.reader, queue, limit).await
+    }
+
+    async fn retry_dead(&self, queue: &QueueName, ids: Option<&[JobId]>) -> BrokerResult<u64> {
+        let n = admin::retry_dead(&self.inner.writer, queue, ids).await?;
+        self.wake_consumers();
+        Ok(n)
+    }
+
+    async fn ping(&self) -> BrokerResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.inner.reader)
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable(&e))
+    }
+}

@@ -1,1 +1,496 @@
 #![doc = include_str!("../README.md")]
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::broker::{Broker, Capabilities, QueueSelector, SettleOutcome};
+use ferry_core::{JobEnvelope, JobKind, QueueName, UnixMillis};
+use serde_json::value::RawValue;
+
+/// A broker as the cases use it.
+pub type DynBroker = Arc<dyn Broker>;
+
+/// Expands into one `#[tokio::test]` per case; `$make` is an async expression that yields a
+/// [`DynBroker`] connected to a real server.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            round_trip, large_batch_enqueue_and_lease, leased_jobs_are_invisible_until_expiry,
+            stale_tokens_are_refused, heartbeat_keeps_a_lease, nack_delays_redelivery,
+            dead_letter_and_retry, delayed_jobs_wait, priorities_are_honoured,
+            idempotency_keys_deduplicate, pause_and_resume, stats_are_exact,
+            concurrent_consumers_never_share_a_job, idle_pickup_is_prompt,
+            restarted_consumer_name_works_at_once);
+    };
+    (@cases $make:expr; $($case:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let broker: $crate::DynBroker = $make.await;
+                $crate::$case(broker).await;
+            }
+        )+
+    };
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+/// A queue name no other case or run uses.
+#[must_use]
+pub fn fresh_queue(prefix: &str) -> QueueName {
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    QueueName::parse(&format!("{prefix}-{}", &suffix[suffix.len() - 12..])).expect("valid name")
+}
+
+fn job(queue: &QueueName, n: u64) -> JobEnvelope {
+    let payload = RawValue::from_string(format!("{{\"n\":{n}}}")).expect("json");
+    JobEnvelope::new(
+        queue.clone(),
+        JobKind::parse("noop").expect("kind"),
+        Arc::from(payload),
+    )
+}
+
+fn only(q: &QueueName) -> QueueSelector {
+    QueueSelector::Only(vec![q.clone()])
+}
+
+fn skip_unless(b: &DynBroker, case: &str, has: impl Fn(Capabilities) -> bool, what: &str) -> bool {
+    if has(b.capabilities()) {
+        true
+    } else {
+        println!("SKIP {case}: {} lacks {what}", b.name());
+        false
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn round_trip(b: DynBroker) {
+    let q = fresh_queue("rt");
+    let mut j = job(&q, 7);
+    j.tags = vec![ferry_core::Tag::parse("tenant:7").unwrap()];
+    j.headers
+        .insert("traceparent".into(), "00-abc-def-01".into());
+    j.timeout = Some(Duration::from_millis(1234));
+    let id = j.id;
+    let out = b.enqueue(vec![j]).await.unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].id, id);
+    assert!(!out[0].duplicate);
+    let leases = b.lease(&only(&q), 10, LEASE, "w1").await.unwrap();
+    assert_eq!(leases.len(), 1);
+    let l = &leases[0];
+    assert_eq!(l.job.id, id);
+    assert_eq!(l.job.attempt, 1, "the first delivery is attempt 1");
+    assert_eq!(l.job.payload.get(), r#"{"n":7}"#);
+    assert_eq!(l.job.tags[0].as_str(), "tenant:7");
+    assert_eq!(l.job.headers["traceparent"], "00-abc-def-01");
+    assert_eq!(l.job.timeout, Some(Duration::from_millis(1234)));
+    assert!(l.expires_at > UnixMillis::now());
+    assert_eq!(b.ack(l.to_ref()).await.unwrap(), SettleOutcome::Applied);
+    assert!(
+        b.lease(&only(&q), 10, LEASE, "w1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let s = b.stats(&q).await.unwrap();
+    assert_eq!((s.ready, s.leased, s.scheduled, s.dead), (0, 0, 0, 0));
+}
+
+pub async fn large_batch_enqueue_and_lease(b: DynBroker) {
+    let q = fresh_queue("big");
+    let n = 100_000u64;
+    let jobs: Vec<_> = (0..n).map(|i| job(&q, i)).collect();
+    let out = b.enqueue(jobs).await.unwrap();
+    assert_eq!(out.len() as u64, n);
+    assert_eq!(b.stats(&q).await.unwrap().ready, n);
+    let mut seen = HashSet::new();
+    loop {
+        let leases = b.lease(&only(&q), 5_000, LEASE, "w").await.unwrap();
+        if leases.is_empty() {
+            break;
+        }
+        let refs: Vec<_> = leases
+            .iter()
+            .map(|l| ferry_core::broker::Settle {
+                lease: l.to_ref(),
+                settlement: ferry_core::broker::Settlement::Ack,
+            })
+            .collect();
+        for l in &leases {
+            assert!(seen.insert(l.job.id), "job {} leased twice", l.job.id);
+        }
+        let outs = b.settle(&refs).await.unwrap();
+        assert!(outs.iter().all(|o| *o == SettleOutcome::Applied));
+    }
+    assert_eq!(seen.len() as u64, n);
+}
+
+pub async fn leased_jobs_are_invisible_until_expiry(b: DynBroker) {
+    let q = fresh_queue("vis");
+    b.enqueue(vec![job(&q, 1)]).await.unwrap();
+    let first = b
+        .lease(&only(&q), 1, Duration::from_millis(300), "a")
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(
+        b.lease(&only(&q), 1, LEASE, "b").await.unwrap().is_empty(),
+        "a leased job is invisible"
+    );
+    // "a" stops heartbeating: the job comes back, once, with the next attempt number.
+    let again = eventually(
+        Duration::from_secs(5),
+        "redelivery after lease expiry",
+        || {
+            let b = b.clone();
+            let q = q.clone();
+            async move { b.lease(&only(&q), 1, LEASE, "b").await.unwrap().pop() }
+        },
+    )
+    .await;
+    assert_eq!(again.job.id, first[0].job.id);
+    assert_eq!(again.job.attempt, 2);
+    assert!(
+        again.token > first[0].token,
+        "a new lease gets a newer fencing token"
+    );
+}
+
+pub async fn stale_tokens_are_refused(b: DynBroker) {
+    let q = fresh_queue("fence");
+    b.enqueue(vec![job(&q, 1)]).await.unwrap();
+    let old = b
+        .lease(&only(&q), 1, Duration::from_millis(200), "slow")
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let new = eventually(Duration::from_secs(5), "re-lease", || {
+        let b = b.clone();
+        let q = q.clone();
+        async move { b.lease(&only(&q), 1, LEASE, "fast").await.unwrap().pop() }
+    })
+    .await;
+    // The slow worker comes back with every kind of settlement: all refused, nothing changes.
+    assert_eq!(b.ack(old.to_ref()).await.unwrap(), SettleOutcome::Stale);
+    assert_eq!(
+        b.nack(old.to_ref(), UnixMillis::now(), "late".into())
+            .await
+            .unwrap(),
+        SettleOutcome::Stale
+    );
+    assert_eq!(
+        b.dead_letter(old.to_ref(), "late".into()).await.unwrap(),
+        SettleOutcome::Stale
+    );
+    assert_eq!(b.extend(&[old.to_ref()], LEASE).await.unwrap(), vec![false]);
+    let s = b.stats(&q).await.unwrap();
+    assert_eq!((s.leased, s.ready, s.dead), (1, 0, 0));
+    assert_eq!(b.ack(new.to_ref()).await.unwrap(), SettleOutcome::Applied);
+    assert_eq!(b.stats(&q).await.unwrap().leased, 0);
+}
+
+pub async fn heartbeat_keeps_a_lease(b: DynBroker) {
+    if !skip_unless(
+        &b,
+        "heartbeat_keeps_a_lease",
+        |c| c.per_message_lease,
+        "per-message leases",
+    ) {
+        return;
+    }
+    let q = fresh_queue("hb");
+    b.enqueue(vec![job(&q, 1)]).await.unwrap();
+    let ttl = Duration::from_millis(300);
+    let l = b
+        .lease(&only(&q), 1, ttl, "a")
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    // Heartbeat for three lease lengths: nobody else gets the job.
+    let until = Instant::now() + ttl * 3;
+    while Instant::now() < until {
+        assert_eq!(b.extend(&[l.to_ref()], ttl).await.unwrap(), vec![true]);
+        assert!(
+            b.lease(&only(&q), 1, LEASE, "b").await.unwrap().is_empty(),
+            "heartbeating keeps the job"
+        );
+        tokio::time::sleep(ttl / 4).await;
+    }
+    // Stop heartbeating: the job is lost within the lease time.
+    let stopped = Instant::now();
+    let again = eventually(Duration::from_secs(5), "redelivery", || {
+        let b = b.clone();
+        let q = q.clone();
+        async move { b.lease(&only(&q), 1, LEASE, "b").await.unwrap().pop() }
+    })
+    .await;
+    assert_eq!(again.job.id, l.job.id);
+    assert!(stopped.elapsed() >= ttl / 2);
+}
+
+pub async fn nack_delays_redelivery(b: DynBroker) {
+    if !skip_unless(
+        &b,
+        "nack_delays_redelivery",
+        |c| c.delay,
+        "delayed delivery",
+    ) {
+        return;
+    }
+    let q = fresh_queue("nack");
+    b.enqueue(vec![job(&q, 1)]).await.unwrap();
+    let l = b
+        .lease(&only(&q), 1, LEASE, "a")
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let at = UnixMillis::now().plus(Duration::from_millis(400));
+    assert_eq!(
+        b.nack(l.to_ref(), at, "boom".into()).await.unwrap(),
+        SettleOutcome::Applied
+    );
+    assert!(
+        b.lease(&only(&q), 1, LEASE, "a").await.unwrap().is_empty(),
+        "not before its retry time"
+    );
+    assert_eq!(b.stats(&q).await.unwrap().scheduled, 1);
+    let again = eventually(Duration::from_secs(5), "retry", || {
+        let b = b.clone();
+        let q = q.clone();
+        async move { b.lease(&only(&q), 1, LEASE, "a").await.unwrap().pop() }
+    })
+    .await;
+    assert!(UnixMillis::now() >= at);
+    assert_eq!(again.job.attempt, 2);
+}
+
+pub async fn dead_letter_and_retry(b: DynBroker) {
+    let q = fresh_queue("dlq");
+    b.enqueue(vec![job(&q, 1), job(&q, 2)]).await.unwrap();
+    let leases = b.lease(&only(&q), 2, LEASE, "a").await.unwrap();
+    for l in &leases {
+        assert_eq!(
+            b.dead_letter(l.to_ref(), format!("bad {}", l.job.id))
+                .await
+                .unwrap(),
+            SettleOutcome::Applied
+        );
+    }
+    assert_eq!(b.stats(&q).await.unwrap().dead, 2);
+    let dead = b.dead_jobs(&q, 10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(
+        dead.iter().all(|d| d.error == format!("bad {}", d.job.id)),
+        "last error kept"
+    );
+    assert!(
+        b.lease(&only(&q), 10, LEASE, "a").await.unwrap().is_empty(),
+        "dead jobs are not delivered"
+    );
+    // Retry one by id, then the rest in bulk.
+    assert_eq!(b.retry_dead(&q, Some(&[dead[0].job.id])).await.unwrap(), 1);
+    let l = b.lease(&only(&q), 10, LEASE, "a").await.unwrap();
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].job.id, dead[0].job.id);
+    assert_eq!(
+        l[0].job.attempt, 1,
+        "a retried dead job gets a fresh attempt budget"
+    );
+    assert_eq!(b.retry_dead(&q, None).await.unwrap(), 1);
+    assert_eq!(b.stats(&q).await.unwrap().dead, 0);
+}
+
+pub async fn delayed_jobs_wait(b: DynBroker) {
+    if !skip_unless(&b, "delayed_jobs_wait", |c| c.delay, "delayed delivery") {
+        return;
+    }
+    let q = fresh_queue("delay");
+    let mut j = job(&q, 1);
+    j.run_at = UnixMillis::now().plus(Duration::from_millis(400));
+    let at = j.run_at;
+    b.enqueue(vec![j]).await.unwrap();
+    assert_eq!(b.stats(&q).await.unwrap().scheduled, 1);
+    assert!(b.lease(&only(&q), 1, LEASE, "a").await.unwrap().is_empty());
+    eventually(Duration::from_secs(5), "delayed job", || {
+        let b = b.clone();
+        let q = q.clone();
+        async move { b.lease(&only(&q), 1, LEASE, "a").await.unwrap().pop() }
+    })
+    .await;
+    assert!(UnixMillis::now() >= at, "not delivered early");
+}
+
+pub async fn priorities_are_honoured(b: DynBroker) {
+    if !skip_unless(&b, "priorities_are_honoured", |c| c.priority, "priorities") {
+        return;
+    }
+    let q = fresh_queue("prio");
+    let mut jobs = Vec::new();
+    for (n, p) in [(1, 0i16), (2, 5), (3, -3), (4, 5), (5, 9)] {
+        let mut j = job(&q, n);
+        j.priority = p;
+        jobs.push(j);
+    }
+    b.enqueue(jobs).await.unwrap();
+    let mut order = Vec::new();
+    while let Some(l) = b.lease(&only(&q), 1, LEASE, "a").await.unwrap().pop() {
+        order.push(l.job.priority);
+    }
+    assert_eq!(order, vec![9, 5, 5, 0, -3]);
+}
+
+pub async fn idempotency_keys_deduplicate(b: DynBroker) {
+    let q = fresh_queue("idem");
+    let key = ferry_core::IdempotencyKey::parse("order-42").unwrap();
+    let mut first = job(&q, 1);
+    first.idempotency_key = Some(key.clone());
+    let mut second = job(&q, 2);
+    second.idempotency_key = Some(key);
+    let a = b.enqueue(vec![first.clone()]).await.unwrap();
+    let c = b.enqueue(vec![second]).await.unwrap();
+    assert!(!a[0].duplicate);
+    assert!(c[0].duplicate);
+    assert_eq!(c[0].id, first.id, "the duplicate names the original job");
+    assert_eq!(b.stats(&q).await.unwrap().ready, 1);
+}
+
+pub async fn pause_and_resume(b: DynBroker) {
+    if !skip_unless(&b, "pause_and_resume", |c| c.pause, "pause") {
+        return;
+    }
+    let q = fresh_queue("pause");
+    let other = fresh_queue("other");
+    b.pause(&q).await.unwrap();
+    b.enqueue(vec![job(&q, 1), job(&other, 2)]).await.unwrap();
+    assert!(b.stats(&q).await.unwrap().paused);
+    assert!(
+        b.lease(&only(&q), 1, LEASE, "a").await.unwrap().is_empty(),
+        "paused queues deliver nothing"
+    );
+    assert_eq!(
+        b.lease(&only(&other), 1, LEASE, "a").await.unwrap().len(),
+        1,
+        "other queues carry on"
+    );
+    b.resume(&q).await.unwrap();
+    assert!(!b.stats(&q).await.unwrap().paused);
+    assert_eq!(b.lease(&only(&q), 1, LEASE, "a").await.unwrap().len(), 1);
+}
+
+pub async fn stats_are_exact(b: DynBroker) {
+    let q = fresh_queue("stats");
+    let mut jobs: Vec<_> = (0..10).map(|i| job(&q, i)).collect();
+    let has_delay = b.capabilities().delay;
+    if has_delay {
+        for j in jobs.iter_mut().take(2) {
+            j.run_at = UnixMillis::now().plus(Duration::from_secs(3600));
+        }
+    }
+    b.enqueue(jobs).await.unwrap();
+    let leases = b.lease(&only(&q), 3, LEASE, "a").await.unwrap();
+    assert_eq!(leases.len(), 3);
+    b.dead_letter(leases[0].to_ref(), "x".into()).await.unwrap();
+    let s = b.stats(&q).await.unwrap();
+    let scheduled = if has_delay { 2 } else { 0 };
+    assert_eq!(s.ready, 10 - 3 - scheduled);
+    assert_eq!(s.scheduled, scheduled);
+    assert_eq!(s.leased, 2);
+    assert_eq!(s.dead, 1);
+}
+
+pub async fn concurrent_consumers_never_share_a_job(b: DynBroker) {
+    let q = fresh_queue("race");
+    let n = 5_000u64;
+    b.enqueue((0..n).map(|i| job(&q, i)).collect())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let b = b.clone();
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let leases = b
+                    .lease(&only(&q), 50, LEASE, &format!("w{w}"))
+                    .await
+                    .unwrap();
+                if leases.is_empty() {
+                    return mine;
+                }
+                mine.extend(leases.iter().map(|l| l.job.id));
+            }
+        }));
+    }
+    let mut all = HashSet::new();
+    for t in tasks {
+        for id in t.await.unwrap() {
+            assert!(all.insert(id), "job {id} held by two consumers");
+        }
+    }
+    assert_eq!(all.len() as u64, n);
+}
+
+pub async fn idle_pickup_is_prompt(b: DynBroker) {
+    let q = fresh_queue("idle");
+    let sel = only(&q);
+    let consumer = {
+        let b = b.clone();
+        let sel = sel.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(l) = b.lease(&sel, 1, LEASE, "idle").await.unwrap().pop() {
+                    return (l, Instant::now());
+                }
+                b.wait_for_jobs(&sel, Duration::from_secs(5)).await;
+            }
+        })
+    };
+    // Let the consumer go idle first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pushed = Instant::now();
+    b.enqueue(vec![job(&q, 1)]).await.unwrap();
+    let (_, got) = consumer.await.unwrap();
+    let waited = got.duration_since(pushed);
+    assert!(
+        waited < Duration::from_millis(50),
+        "idle pickup took {waited:?}"
+    );
+}
+
+pub async fn restarted_consumer_name_works_at_once(b: DynBroker) {
+    let q = fresh_queue("restart");
+    b.enqueue(vec![job(&q, 1), job(&q, 2)]).await.unwrap();
+    let first = b.lease(&only(&q), 1, LEASE, "worker-1").await.unwrap();
+    assert_eq!(first.len(), 1);
+    // Same name again, as after a restart: it gets the next job without waiting.
+    let second = b.lease(&only(&q), 1, LEASE, "worker-1").await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_ne!(first[0].job.id, second[0].job.id);
+}

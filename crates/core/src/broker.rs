@@ -213,8 +213,14 @@ pub trait Broker: Send + Sync + 'static {
     }
 
     /// Gives one lease back for another attempt, not before `at`.
-    async fn nack(&self, lease: LeaseRef, at: UnixMillis, error: String) -> BrokerResult<SettleOutcome> {
-        self.settle_one(lease, Settlement::Retry { at, error }).await
+    async fn nack(
+        &self,
+        lease: LeaseRef,
+        at: UnixMillis,
+        error: String,
+    ) -> BrokerResult<SettleOutcome> {
+        self.settle_one(lease, Settlement::Retry { at, error })
+            .await
     }
 
     /// Moves one leased job to the dead-letter queue.
@@ -223,7 +229,11 @@ pub trait Broker: Send + Sync + 'static {
     }
 
     #[doc(hidden)]
-    async fn settle_one(&self, lease: LeaseRef, settlement: Settlement) -> BrokerResult<SettleOutcome> {
+    async fn settle_one(
+        &self,
+        lease: LeaseRef,
+        settlement: Settlement,
+    ) -> BrokerResult<SettleOutcome> {
         let out = self.settle(&[Settle { lease, settlement }]).await?;
         out.into_iter()
             .next()

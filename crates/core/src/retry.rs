@@ -76,11 +76,19 @@ mod tests {
     #[test]
     fn jitter_is_spread_over_the_whole_range() {
         // Full jitter: draws cover both halves of [0, ceiling], not just near the top.
-        let p = RetryPolicy { base: Duration::from_millis(100), cap: Duration::from_secs(60) };
+        let p = RetryPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(60),
+        };
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let draws: Vec<u128> = (0..2_000).map(|_| p.backoff(4, &mut rng).as_millis()).collect();
+        let draws: Vec<u128> = (0..2_000)
+            .map(|_| p.backoff(4, &mut rng).as_millis())
+            .collect();
         let low = draws.iter().filter(|&&d| d < 400).count();
         assert!(draws.iter().all(|&d| d <= 800));
-        assert!((800..1200).contains(&low), "about half below the midpoint, got {low}");
+        assert!(
+            (800..1200).contains(&low),
+            "about half below the midpoint, got {low}"
+        );
     }
 }

@@ -67,7 +67,10 @@ impl JobState {
         match self {
             Queued => matches!(to, Running | Cancelled),
             Scheduled => matches!(to, Queued | Running | Cancelled),
-            Running => matches!(to, Running | Queued | Retrying | Succeeded | Dead | Cancelled),
+            Running => matches!(
+                to,
+                Running | Queued | Retrying | Succeeded | Dead | Cancelled
+            ),
             Retrying => matches!(to, Queued | Running | Cancelled),
             Dead => matches!(to, Queued),
             Succeeded | Cancelled => false,
@@ -167,7 +170,10 @@ mod tests {
         }
         assert!(Running.can_become(Succeeded));
         assert!(Dead.can_become(Queued), "operators can retry dead jobs");
-        assert!(!Dead.can_become(Running), "a dead job is re-enqueued, not run in place");
+        assert!(
+            !Dead.can_become(Running),
+            "a dead job is re-enqueued, not run in place"
+        );
         for s in JobState::ALL {
             assert!(!Succeeded.can_become(s));
             assert!(!Cancelled.can_become(s));

@@ -16,11 +16,20 @@ use crate::{JobEnvelope, JobId, JobKind, JobState, Payload, QueueName, Tag, Unix
 #[derive(Clone, Debug)]
 pub enum JobEventKind {
     Enqueued,
-    Started { worker: Arc<str> },
-    Succeeded { result: Option<Payload> },
+    Started {
+        worker: Arc<str>,
+    },
+    Succeeded {
+        result: Option<Payload>,
+    },
     /// The attempt failed; another comes at `retry_at`.
-    Failed { error: String, retry_at: UnixMillis },
-    Dead { error: String },
+    Failed {
+        error: String,
+        retry_at: UnixMillis,
+    },
+    Dead {
+        error: String,
+    },
     Cancelled,
 }
 
