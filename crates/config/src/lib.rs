@@ -1,1 +1,353 @@
 #![doc = include_str!("../README.md")]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ferry_core::QueueName;
+use ferry_core::broker::QueueSelector;
+
+/// A variable had a value Ferry cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Where variables come from: the process environment, or a map in tests.
+pub trait Env {
+    fn get(&self, var: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, var: &str) -> Option<String> {
+        std::env::var(var).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env for F {
+    fn get(&self, var: &str) -> Option<String> {
+        self(var)
+    }
+}
+
+fn parsed<T: FromStr>(
+    env: &dyn Env,
+    var: &'static str,
+    default: T,
+    expected: &str,
+) -> Result<T, ConfigError> {
+    match env.get(var) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| ConfigError {
+            var,
+            value: v.clone(),
+            reason: format!("expected {expected}"),
+        }),
+    }
+}
+
+fn millis(env: &dyn Env, var: &'static str, default_ms: u64) -> Result<Duration, ConfigError> {
+    let ms: u64 = parsed(env, var, default_ms, "a whole number of milliseconds")?;
+    if ms == 0 {
+        return Err(ConfigError {
+            var,
+            value: "0".into(),
+            reason: "must be at least 1 millisecond".into(),
+        });
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// Where a broker lives, from `FERRY_BROKER_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerUrl {
+    /// `sqlite://PATH` (the embedded default: `sqlite://$FERRY_DATA_DIR/broker.db`).
+    Sqlite(PathBuf),
+    /// `redis://...`, `amqp://...`, `kafka://...`: recognised, served by broker crates that
+    /// are not part of this build yet.
+    Other { scheme: String, url: String },
+}
+
+/// Where history is kept, from `FERRY_DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `sqlite://PATH` (default `sqlite://$FERRY_DATA_DIR/store.db`).
+    Sqlite(PathBuf),
+    /// `postgres://...`: recognised, not part of this build yet.
+    Other { scheme: String, url: String },
+}
+
+fn split_url(var: &'static str, url: &str) -> Result<(String, String), ConfigError> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(ConfigError {
+            var,
+            value: url.into(),
+            reason: "expected a URL such as sqlite://ferry-data/broker.db".into(),
+        });
+    };
+    Ok((scheme.to_ascii_lowercase(), rest.to_owned()))
+}
+
+fn sqlite_path(var: &'static str, url: &str, rest: &str) -> Result<PathBuf, ConfigError> {
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() {
+        return Err(ConfigError {
+            var,
+            value: url.into(),
+            reason: "sqlite URL has no file path".into(),
+        });
+    }
+    Ok(PathBuf::from(path))
+}
+
+impl BrokerUrl {
+    /// # Errors
+    /// When the URL has no scheme, an unknown scheme, or no path for sqlite.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        const VAR: &str = "FERRY_BROKER_URL";
+        let (scheme, rest) = split_url(VAR, url)?;
+        match scheme.as_str() {
+            "sqlite" => Ok(Self::Sqlite(sqlite_path(VAR, url, &rest)?)),
+            "redis" | "rediss" | "amqp" | "amqps" | "kafka" => Ok(Self::Other {
+                scheme,
+                url: url.into(),
+            }),
+            _ => Err(ConfigError {
+                var: VAR,
+                value: url.into(),
+                reason: format!(
+                    "unknown broker scheme '{scheme}'; expected sqlite, redis, amqp or kafka"
+                ),
+            }),
+        }
+    }
+}
+
+impl StoreUrl {
+    /// # Errors
+    /// When the URL has no scheme, an unknown scheme, or no path for sqlite.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        const VAR: &str = "FERRY_DATABASE_URL";
+        let (scheme, rest) = split_url(VAR, url)?;
+        match scheme.as_str() {
+            "sqlite" => Ok(Self::Sqlite(sqlite_path(VAR, url, &rest)?)),
+            "postgres" | "postgresql" => Ok(Self::Other {
+                scheme,
+                url: url.into(),
+            }),
+            _ => Err(ConfigError {
+                var: VAR,
+                value: url.into(),
+                reason: format!("unknown database scheme '{scheme}'; expected sqlite or postgres"),
+            }),
+        }
+    }
+}
+
+/// Where jobs are dispatched and history kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataConfig {
+    /// `FERRY_DATA_DIR` (default `./ferry-data`): where the embedded broker and store live.
+    pub data_dir: PathBuf,
+    /// `FERRY_BROKER_URL` (default `sqlite://$FERRY_DATA_DIR/broker.db`).
+    pub broker: BrokerUrl,
+    /// `FERRY_DATABASE_URL` (default `sqlite://$FERRY_DATA_DIR/store.db`).
+    pub store: StoreUrl,
+}
+
+impl DataConfig {
+    /// # Errors
+    /// On a malformed variable.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let data_dir = PathBuf::from(
+            env.get("FERRY_DATA_DIR")
+                .unwrap_or_else(|| "./ferry-data".into()),
+        );
+        let broker = match env.get("FERRY_BROKER_URL") {
+            Some(u) => BrokerUrl::parse(&u)?,
+            None => BrokerUrl::Sqlite(data_dir.join("broker.db")),
+        };
+        let store = match env.get("FERRY_DATABASE_URL") {
+            Some(u) => StoreUrl::parse(&u)?,
+            None => StoreUrl::Sqlite(data_dir.join("store.db")),
+        };
+        Ok(Self {
+            data_dir,
+            broker,
+            store,
+        })
+    }
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// `FERRY_LISTEN` (default `127.0.0.1:8080`): address and port to serve on.
+    pub listen: SocketAddr,
+    /// `FERRY_BODY_LIMIT_BYTES` (default 1 MiB): larger request bodies get 413.
+    pub body_limit: usize,
+}
+
+impl ApiConfig {
+    /// # Errors
+    /// On a malformed variable.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            listen: parsed(
+                env,
+                "FERRY_LISTEN",
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+                "host:port, e.g. 127.0.0.1:8080",
+            )?,
+            body_limit: parsed(
+                env,
+                "FERRY_BODY_LIMIT_BYTES",
+                1024 * 1024,
+                "a number of bytes",
+            )?,
+        })
+    }
+}
+
+/// A worker process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// `FERRY_WORKER_CONCURRENCY` (default 50): jobs run at once by this process.
+    pub concurrency: usize,
+    /// `FERRY_QUEUES` (default `*`, every queue): comma-separated queues to take jobs from.
+    pub queues: QueueSelector,
+    /// `FERRY_LEASE_MS` (default 30000): how long a lease lasts without a heartbeat. A worker
+    /// that dies loses its jobs to others after at most this long.
+    pub lease: Duration,
+    /// `FERRY_JOB_TIMEOUT_MS` (default 300000): how long an attempt may run when the job
+    /// sets no timeout of its own.
+    pub default_timeout: Duration,
+    /// `FERRY_RETRY_BASE_MS` (default 1000) and `FERRY_RETRY_CAP_MS` (default 3600000):
+    /// backoff after failed attempt n is drawn from [0, min(cap, base * 2^(n-1))].
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+}
+
+impl WorkerConfig {
+    /// # Errors
+    /// On a malformed variable.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let concurrency: usize = parsed(
+            env,
+            "FERRY_WORKER_CONCURRENCY",
+            50,
+            "a positive whole number",
+        )?;
+        if concurrency == 0 {
+            return Err(ConfigError {
+                var: "FERRY_WORKER_CONCURRENCY",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let queues = match env.get("FERRY_QUEUES") {
+            None => QueueSelector::All,
+            Some(v) if v.trim() == "*" => QueueSelector::All,
+            Some(v) => QueueSelector::Only(
+                v.split(',')
+                    .map(|q| {
+                        QueueName::parse(q.trim()).map_err(|e| ConfigError {
+                            var: "FERRY_QUEUES",
+                            value: v.clone(),
+                            reason: e.to_string(),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        Ok(Self {
+            concurrency,
+            queues,
+            lease: millis(env, "FERRY_LEASE_MS", 30_000)?,
+            default_timeout: millis(env, "FERRY_JOB_TIMEOUT_MS", 300_000)?,
+            retry_base: millis(env, "FERRY_RETRY_BASE_MS", 1_000)?,
+            retry_cap: millis(env, "FERRY_RETRY_CAP_MS", 3_600_000)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        move |k: &str| m.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults() {
+        let e = env(&[]);
+        let d = DataConfig::from_env(&e).unwrap();
+        assert_eq!(
+            d.broker,
+            BrokerUrl::Sqlite(PathBuf::from("./ferry-data/broker.db"))
+        );
+        assert_eq!(
+            d.store,
+            StoreUrl::Sqlite(PathBuf::from("./ferry-data/store.db"))
+        );
+        let a = ApiConfig::from_env(&e).unwrap();
+        assert_eq!(a.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(a.body_limit, 1 << 20);
+        let w = WorkerConfig::from_env(&e).unwrap();
+        assert_eq!(w.concurrency, 50);
+        assert_eq!(w.queues, QueueSelector::All);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = env(&[("FERRY_LISTEN", "nope")]);
+        assert_eq!(
+            ApiConfig::from_env(&e).unwrap_err().to_string(),
+            "FERRY_LISTEN=\"nope\": expected host:port, e.g. 127.0.0.1:8080"
+        );
+        let e = env(&[("FERRY_BROKER_URL", "mongo://x")]);
+        assert!(
+            DataConfig::from_env(&e)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown broker scheme 'mongo'")
+        );
+        let e = env(&[("FERRY_QUEUES", "a,B")]);
+        assert!(
+            WorkerConfig::from_env(&e)
+                .unwrap_err()
+                .to_string()
+                .starts_with("FERRY_QUEUES=")
+        );
+        let e = env(&[("FERRY_WORKER_CONCURRENCY", "0")]);
+        assert!(WorkerConfig::from_env(&e).is_err());
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            BrokerUrl::parse("sqlite:///tmp/b.db").unwrap(),
+            BrokerUrl::Sqlite(PathBuf::from("/tmp/b.db"))
+        );
+        assert!(matches!(
+            BrokerUrl::parse("redis://127.0.0.1:6379").unwrap(),
+            BrokerUrl::Other { .. }
+        ));
+        assert!(BrokerUrl::parse("127.0.0.1:6379").is_err());
+        assert!(StoreUrl::parse("sqlite://").is_err());
+    }
+}

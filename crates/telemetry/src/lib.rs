@@ -1,1 +1,100 @@
 #![doc = include_str!("../README.md")]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Every metric name Ferry exports.
+pub mod names {
+    pub const JOBS_ENQUEUED: &str = "ferry_jobs_enqueued_total";
+    pub const JOBS_FINISHED: &str = "ferry_jobs_finished_total";
+    pub const JOB_DURATION: &str = "ferry_job_duration_seconds";
+    pub const LEASES: &str = "ferry_leases_total";
+    pub const STALE_SETTLEMENTS: &str = "ferry_stale_settlements_total";
+    pub const HTTP_REQUESTS: &str = "ferry_http_requests_total";
+    pub const HTTP_DURATION: &str = "ferry_http_request_duration_seconds";
+}
+
+/// How an attempt ended, as a bounded label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Retried,
+    Dead,
+}
+
+impl Outcome {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Retried => "retried",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns the handle that renders
+/// `/metrics`. Later calls return the same handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ])
+                .expect("static bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests embedding Ferry); then ours
+            // still renders, it just sees nothing.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Sets up `tracing` output to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn jobs_enqueued(queue: &str, n: u64) {
+    metrics::counter!(names::JOBS_ENQUEUED, "queue" => queue.to_owned()).increment(n);
+}
+
+pub fn job_finished(queue: &str, outcome: Outcome, ran_for: Duration) {
+    metrics::counter!(names::JOBS_FINISHED, "queue" => queue.to_owned(), "outcome" => outcome.as_str())
+        .increment(1);
+    metrics::histogram!(names::JOB_DURATION, "queue" => queue.to_owned())
+        .record(ran_for.as_secs_f64());
+}
+
+pub fn leased(n: u64) {
+    metrics::counter!(names::LEASES).increment(n);
+}
+
+pub fn stale_settlements(n: u64) {
+    metrics::counter!(names::STALE_SETTLEMENTS).increment(n);
+}
+
+pub fn http_request(route: &str, method: &str, status: u16, took: Duration) {
+    metrics::counter!(
+        names::HTTP_REQUESTS,
+        "route" => route.to_owned(),
+        "method" => method.to_owned(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!(names::HTTP_DURATION, "route" => route.to_owned())
+        .record(took.as_secs_f64());
+}

@@ -1,0 +1,175 @@
+//! The tower service apalis calls for each leased job: runs the handler under its timeout,
+//! catches panics, decides retry or dead-letter, and hands the outcome to the settler.
+
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use apalis_core::task::Task;
+use ferry_core::broker::{Lease, Settlement};
+use ferry_core::store::{JobEvent, JobEventKind};
+use ferry_core::{RetryPolicy, UnixMillis};
+use ferry_telemetry::Outcome;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+
+use crate::handler::{JobContext, JobError, Registry};
+use crate::settle::{Msg, Settler};
+
+#[derive(Clone)]
+pub(crate) struct Dispatch {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) settler: Settler,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) default_timeout: Duration,
+    pub(crate) worker: Arc<str>,
+    pub(crate) in_flight: Arc<AtomicUsize>,
+}
+
+impl tower::Service<Task<Lease>> for Dispatch {
+    type Response = ();
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<(), Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, task: Task<Lease>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            this.run(task.args).await;
+            Ok(())
+        })
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".to_owned())
+}
+
+impl Dispatch {
+    async fn run(&self, lease: Lease) {
+        let job = lease.job.clone();
+        let event = |attempt: u32, kind: JobEventKind| JobEvent {
+            job: job.clone(),
+            attempt,
+            fence: lease.token.0,
+            at: UnixMillis::now(),
+            kind,
+        };
+        let started = Instant::now();
+        let (settlement, kind, outcome, attempt) = if job.attempt > job.max_attempts {
+            // The previous holder's lease expired on the last allowed attempt.
+            let error = format!(
+                "attempt {} of {} was lost (its worker stopped heartbeating) and no attempts remain",
+                job.max_attempts, job.max_attempts
+            );
+            (
+                Settlement::Dead {
+                    error: error.clone(),
+                },
+                JobEventKind::Dead { error },
+                Outcome::Dead,
+                job.max_attempts,
+            )
+        } else {
+            self.settler
+                .send(Msg::Started(event(
+                    job.attempt,
+                    JobEventKind::Started {
+                        worker: self.worker.clone(),
+                    },
+                )))
+                .await;
+            let result = self.call_handler(&lease).await;
+            let (s, k, o) = self.decide(&lease, result);
+            (s, k, o, job.attempt)
+        };
+        ferry_telemetry::job_finished(job.queue.as_str(), outcome, started.elapsed());
+        self.settler
+            .send(Msg::Finished {
+                lease: lease.to_ref(),
+                settlement,
+                event: event(attempt, kind),
+            })
+            .await;
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    async fn call_handler(&self, lease: &Lease) -> Result<Option<ferry_core::Payload>, JobError> {
+        let ctx = JobContext {
+            job: lease.job.clone(),
+            worker: self.worker.clone(),
+        };
+        let Some(fut) = self.registry.call(ctx) else {
+            return Err(JobError::Retry(format!(
+                "no handler for kind '{}' in worker {}",
+                lease.job.kind, self.worker
+            )));
+        };
+        let limit = lease.job.timeout.unwrap_or(self.default_timeout);
+        match tokio::time::timeout(limit, AssertUnwindSafe(fut).catch_unwind()).await {
+            Err(_) => Err(JobError::Retry(format!(
+                "timed out after {} ms",
+                limit.as_millis()
+            ))),
+            Ok(Err(panic)) => Err(JobError::Retry(format!(
+                "handler panicked: {}",
+                panic_message(panic.as_ref())
+            ))),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    fn decide(
+        &self,
+        lease: &Lease,
+        result: Result<Option<ferry_core::Payload>, JobError>,
+    ) -> (Settlement, JobEventKind, Outcome) {
+        let job = &lease.job;
+        match result {
+            Ok(result) => (
+                Settlement::Ack,
+                JobEventKind::Succeeded { result },
+                Outcome::Succeeded,
+            ),
+            Err(e) => {
+                let permanent = matches!(e, JobError::Permanent(_));
+                let error = e.message().to_owned();
+                if permanent || job.attempt >= job.max_attempts {
+                    (
+                        Settlement::Dead {
+                            error: error.clone(),
+                        },
+                        JobEventKind::Dead { error },
+                        Outcome::Dead,
+                    )
+                } else {
+                    let delay = match e {
+                        JobError::RetryAfter(d, _) => d,
+                        _ => self.retry.backoff(job.attempt, &mut rand::rng()),
+                    };
+                    let at = UnixMillis::now().plus(delay);
+                    (
+                        Settlement::Retry {
+                            at,
+                            error: error.clone(),
+                        },
+                        JobEventKind::Failed {
+                            error,
+                            retry_at: at,
+                        },
+                        Outcome::Retried,
+                    )
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The worker runtime end to end on the embedded broker and store (real SQLite files).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_broker_sqlite::{SqliteBroker, SqliteBrokerConfig};
+use ferry_core::broker::Broker;
+use ferry_core::store::{JobEvent, JobEventKind, JobRecord, Store};
+use ferry_core::{JobEnvelope, JobId, JobKind, JobState, QueueName, RetryPolicy, UnixMillis};
+use ferry_store::{SqliteStore, SqliteStoreConfig};
+use ferry_worker::{JobContext, JobError, Registry, Worker, WorkerOptions};
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+struct Rig {
+    broker: Arc<dyn Broker>,
+    store: Arc<dyn Store>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig(registry: Registry, options: WorkerOptions) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(
+        SqliteBroker::open(SqliteBrokerConfig::new(dir.path().join("b.db")))
+            .await
+            .unwrap(),
+    );
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(SqliteStoreConfig {
+            path: dir.path().join("s.db"),
+        })
+        .await
+        .unwrap(),
+    );
+    let stop = CancellationToken::new();
+    let w = Worker::new(broker.clone(), store.clone(), registry, options);
+    let task = tokio::spawn(w.run(stop.clone()));
+    Rig {
+        broker,
+        store,
+        stop,
+        task,
+        _dir: dir,
+    }
+}
+
+fn fast() -> WorkerOptions {
+    WorkerOptions {
+        concurrency: 8,
+        retry: RetryPolicy {
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(50),
+        },
+        ..WorkerOptions::default()
+    }
+}
+
+async fn submit(r: &Rig, kind: &str, payload: &str, max_attempts: u32) -> JobId {
+    let mut j = JobEnvelope::new(
+        QueueName::parse("default").unwrap(),
+        JobKind::parse(kind).unwrap(),
+        Arc::from(RawValue::from_string(payload.into()).unwrap()),
+    );
+    j.max_attempts = max_attempts;
+    let id = j.id;
+    r.store
+        .record(vec![JobEvent {
+            job: Arc::new(j.clone()),
+            attempt: 0,
+            fence: 0,
+            at: UnixMillis::now(),
+            kind: JobEventKind::Enqueued,
+        }])
+        .await
+        .unwrap();
+    r.broker.enqueue(vec![j]).await.unwrap();
+    id
+}
+
+async fn final_record(r: &Rig, id: JobId) -> JobRecord {
+    let start = Instant::now();
+    loop {
+        if let Some(rec) = r.store.job(id).await.unwrap() {
+            if rec.state.is_final() {
+                return rec;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "job {id} did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtins_reach_their_terminal_states() {
+    let r = rig(Registry::with_builtins(), fast()).await;
+    let noop = submit(&r, "noop", "{}", 3).await;
+    let echo = submit(&r, "echo", r#"{"hello":"world"}"#, 3).await;
+    let fail2 = submit(&r, "fail", r#"{"times":2}"#, 3).await;
+    let fail_forever = submit(&r, "fail", r#"{"times":5}"#, 2).await;
+    let bad_payload = submit(&r, "sleep", r#"{"seconds":1}"#, 3).await;
+    let unknown = submit(&r, "no.such.kind", "{}", 2).await;
+
+    let rec = final_record(&r, noop).await;
+    assert_eq!((rec.state, rec.attempts), (JobState::Succeeded, 1));
+    let rec = final_record(&r, echo).await;
+    assert_eq!(rec.result.unwrap().get(), r#"{"hello":"world"}"#);
+    let rec = final_record(&r, fail2).await;
+    assert_eq!((rec.state, rec.attempts), (JobState::Succeeded, 3));
+    assert_eq!(rec.result.unwrap().get(), r#"{"succeeded_on_attempt":3}"#);
+    let rec = final_record(&r, fail_forever).await;
+    assert_eq!(
+        (rec.state, rec.attempts),
+        (JobState::Dead, 2),
+        "max_attempts=2 means exactly 2 runs"
+    );
+    assert!(rec.error.unwrap().contains("failing on purpose (attempt 2"));
+    let rec = final_record(&r, bad_payload).await;
+    assert_eq!(
+        (rec.state, rec.attempts),
+        (JobState::Dead, 1),
+        "a payload that does not fit is not retried"
+    );
+    assert!(rec.error.unwrap().contains("missing field `ms`"));
+    let rec = final_record(&r, unknown).await;
+    assert_eq!(rec.state, JobState::Dead);
+    assert!(
+        rec.error
+            .unwrap()
+            .contains("no handler for kind 'no.such.kind'")
+    );
+
+    let q = QueueName::parse("default").unwrap();
+    let stats = r.broker.stats(&q).await.unwrap();
+    assert_eq!((stats.ready, stats.leased, stats.dead), (0, 0, 3));
+    r.stop.cancel();
+    r.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_panics_and_typed_handlers() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let mut reg = Registry::with_builtins();
+    #[derive(serde::Deserialize)]
+    struct Add {
+        a: i64,
+        b: i64,
+    }
+    reg.register("add", |_ctx: JobContext, p: Add| async move {
+        Ok::<_, JobError>(p.a + p.b)
+    });
+    reg.register("boom", move |_ctx: JobContext, _: serde_json::Value| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if true {
+                panic!("kaboom");
+            }
+            Ok::<_, JobError>(())
+        }
+    });
+    let r = rig(
+        reg,
+        WorkerOptions {
+            default_timeout: Duration::from_millis(100),
+            ..fast()
+        },
+    )
+    .await;
+    let add = submit(&r, "add", r#"{"a":2,"b":40}"#, 1).await;
+    let slow = submit(&r, "sleep", r#"{"ms":5000}"#, 2).await;
+    let boom = submit(&r, "boom", "{}", 2).await;
+    assert_eq!(final_record(&r, add).await.result.unwrap().get(), "42");
+    let rec = final_record(&r, slow).await;
+    assert_eq!((rec.state, rec.attempts), (JobState::Dead, 2));
+    assert_eq!(rec.error.as_deref(), Some("timed out after 100 ms"));
+    let rec = final_record(&r, boom).await;
+    assert_eq!(rec.state, JobState::Dead);
+    assert_eq!(rec.error.as_deref(), Some("handler panicked: kaboom"));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "a panicking handler still gets exactly max_attempts runs"
+    );
+    r.stop.cancel();
+    r.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_handler_retries_5xx_and_succeeds_on_2xx() {
+    use axum::routing::post;
+    let hits = Arc::new(AtomicU32::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            post(move |body: String| {
+                let n = h.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "try later".to_owned(),
+                        )
+                    } else {
+                        (axum::http::StatusCode::OK, body)
+                    }
+                }
+            }),
+        )
+        .route(
+            "/reject",
+            post(|| async { axum::http::StatusCode::BAD_REQUEST }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let r = rig(Registry::with_builtins(), fast()).await;
+    let ok = submit(
+        &r,
+        "http",
+        &format!(r#"{{"url":"http://{addr}/hook","x":1}}"#),
+        3,
+    )
+    .await;
+    let rejected = submit(
+        &r,
+        "http",
+        &format!(r#"{{"url":"http://{addr}/reject"}}"#),
+        3,
+    )
+    .await;
+    let rec = final_record(&r, ok).await;
+    assert_eq!((rec.state, rec.attempts), (JobState::Succeeded, 2));
+    let result: serde_json::Value = serde_json::from_str(rec.result.unwrap().get()).unwrap();
+    assert_eq!(result["status"], 200);
+    assert_eq!(result["body"]["x"], 1, "the target received the payload");
+    let rec = final_record(&r, rejected).await;
+    assert_eq!(
+        (rec.state, rec.attempts),
+        (JobState::Dead, 1),
+        "4xx is not retried"
+    );
+    r.stop.cancel();
+    r.task.await.unwrap().unwrap();
+}
