@@ -1,1 +1,313 @@
 #![doc = include_str!("../README.md")]
+
+mod error;
+mod submit;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ferry_core::broker::Broker;
+use ferry_core::store::{JobEvent, JobEventKind, JobRecord, Store};
+use ferry_core::{IdempotencyKey, JobEnvelope, JobId, JobState, UnixMillis};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+
+pub use error::ApiError;
+use submit::{SubmitBatch, SubmitJob, parse_body, parse_queue};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Arc<dyn Broker>,
+    pub store: Arc<dyn Store>,
+    pub metrics: PrometheusHandle,
+    /// Largest accepted request body in bytes.
+    pub body_limit: usize,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let limit = state.body_limit;
+    Router::new()
+        .route("/v1/queues/{queue}/jobs", post(submit_one))
+        .route("/v1/queues/{queue}/jobs/batch", post(submit_batch))
+        .route("/v1/queues/{queue}", get(queue_stats))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(render_metrics))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(count_requests))
+        .with_state(state)
+}
+
+async fn count_requests(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = req.method().as_str().to_owned();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    ferry_telemetry::http_request(&route, &method, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    id: JobId,
+    state: JobState,
+}
+
+fn header_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            let s = v
+                .to_str()
+                .map_err(|_| ApiError::Invalid("Idempotency-Key must be printable ASCII".into()))?;
+            IdempotencyKey::parse(s).map_err(|e| ApiError::Invalid(e.to_string()))
+        })
+        .transpose()
+}
+
+fn initial_state(job: &JobEnvelope) -> JobState {
+    if job.is_scheduled(job.created_at) {
+        JobState::Scheduled
+    } else {
+        JobState::Queued
+    }
+}
+
+/// Enqueues, then records history for the new (non-duplicate) jobs. Returns, per job, its
+/// id, state and whether it was a replay of an earlier submission.
+async fn accept(
+    state: &AppState,
+    jobs: Vec<JobEnvelope>,
+) -> Result<Vec<(Accepted, bool)>, ApiError> {
+    let outcomes = state
+        .broker
+        .enqueue(jobs.clone())
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let mut events = Vec::new();
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut fresh_by_queue = 0u64;
+    for (job, o) in jobs.into_iter().zip(outcomes) {
+        let mut st = initial_state(&job);
+        if o.duplicate {
+            if let Ok(Some(rec)) = state.store.job(o.id).await {
+                st = rec.state;
+            }
+        } else {
+            fresh_by_queue += 1;
+            events.push(JobEvent {
+                job: Arc::new(job),
+                attempt: 0,
+                fence: 0,
+                at: UnixMillis::now(),
+                kind: JobEventKind::Enqueued,
+            });
+        }
+        out.push((
+            Accepted {
+                id: o.id,
+                state: st,
+            },
+            o.duplicate,
+        ));
+    }
+    if let Some(first) = events.first() {
+        ferry_telemetry::jobs_enqueued(first.job.queue.as_str(), fresh_by_queue);
+    }
+    // The job is already safe in the broker; if history cannot be written now, the worker's
+    // events will create the record later, so this is logged rather than failed.
+    if let Err(e) = state.store.record(events).await {
+        tracing::warn!(error = %e, "could not record enqueue events; history will catch up from the worker");
+    }
+    Ok(out)
+}
+
+async fn submit_one(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let queue = parse_queue(&queue)?;
+    let req: SubmitJob = parse_body(&headers, body, state.body_limit)?;
+    let key = header_key(&headers)?;
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let job = req.into_envelope(&queue, key, traceparent)?;
+    let (accepted, replayed) = accept(&state, vec![job])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::Unavailable("broker returned no outcome".into()))?;
+    let location = format!("/v1/jobs/{}", accepted.id);
+    let mut resp = (StatusCode::ACCEPTED, axum::Json(accepted)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+#[derive(Serialize)]
+struct BatchAccepted {
+    jobs: Vec<BatchItem>,
+}
+
+#[derive(Serialize)]
+struct BatchItem {
+    id: JobId,
+    state: JobState,
+    replayed: bool,
+}
+
+async fn submit_batch(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let queue = parse_queue(&queue)?;
+    let req: SubmitBatch = parse_body(&headers, body, state.body_limit)?;
+    if req.jobs.is_empty() || req.jobs.len() > submit::MAX_BATCH {
+        return Err(ApiError::Invalid(format!(
+            "a batch holds 1 to {} jobs, got {}",
+            submit::MAX_BATCH,
+            req.jobs.len()
+        )));
+    }
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    // Validate every job before enqueuing any: a batch is accepted whole or not at all.
+    let jobs = req
+        .jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, j)| {
+            j.into_envelope(&queue, None, traceparent)
+                .map_err(|e| match e {
+                    ApiError::Invalid(d) => ApiError::Invalid(format!("jobs[{i}]: {d}")),
+                    other => other,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = accept(&state, jobs).await?;
+    let body = BatchAccepted {
+        jobs: out
+            .into_iter()
+            .map(|(a, replayed)| BatchItem {
+                id: a.id,
+                state: a.state,
+                replayed,
+            })
+            .collect(),
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+/// `GET /v1/jobs/{id}` body.
+#[derive(Serialize)]
+struct JobView {
+    id: JobId,
+    queue: String,
+    kind: String,
+    state: JobState,
+    attempts: u32,
+    max_attempts: u32,
+    priority: i16,
+    payload: Arc<serde_json::value::RawValue>,
+    result: Option<Arc<serde_json::value::RawValue>>,
+    error: Option<String>,
+    tags: Vec<String>,
+    created_at: String,
+    run_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+}
+
+impl From<JobRecord> for JobView {
+    fn from(r: JobRecord) -> Self {
+        Self {
+            id: r.id,
+            queue: r.queue.to_string(),
+            kind: r.kind.to_string(),
+            state: r.state,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            priority: r.priority,
+            payload: r.payload,
+            result: r.result,
+            error: r.error,
+            tags: r.tags.iter().map(ToString::to_string).collect(),
+            created_at: r.created_at.to_rfc3339(),
+            run_at: r.run_at.to_rfc3339(),
+            started_at: r.started_at.map(UnixMillis::to_rfc3339),
+            finished_at: r.finished_at.map(UnixMillis::to_rfc3339),
+        }
+    }
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no job with id {id:?}"));
+    let job_id = JobId::parse(&id).map_err(|_| not_found())?;
+    let rec = state
+        .store
+        .job(job_id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        .ok_or_else(not_found)?;
+    Ok(axum::Json(JobView::from(rec)).into_response())
+}
+
+async fn queue_stats(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+) -> Result<Response, ApiError> {
+    let queue = parse_queue(&queue)?;
+    let stats = state
+        .broker
+        .stats(&queue)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(axum::Json(serde_json::json!({ "queue": queue, "stats": stats })).into_response())
+}
+
+async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state
+        .broker
+        .ping()
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    state
+        .store
+        .ping()
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok("ready")
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,360 @@
+//! The API in-process (router + oneshot) on the real embedded broker and store.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use ferry_api::{AppState, router};
+use ferry_broker_sqlite::{SqliteBroker, SqliteBrokerConfig};
+use ferry_core::QueueName;
+use ferry_core::broker::Broker;
+use ferry_store::{SqliteStore, SqliteStoreConfig};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct App {
+    router: axum::Router,
+    broker: Arc<dyn Broker>,
+    _dir: tempfile::TempDir,
+}
+
+async fn app(body_limit: usize) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(
+        SqliteBroker::open(SqliteBrokerConfig::new(dir.path().join("b.db")))
+            .await
+            .unwrap(),
+    );
+    let store = Arc::new(
+        SqliteStore::open(SqliteStoreConfig {
+            path: dir.path().join("s.db"),
+        })
+        .await
+        .unwrap(),
+    );
+    let state = AppState {
+        broker: broker.clone(),
+        store,
+        metrics: ferry_telemetry::install(),
+        body_limit,
+    };
+    App {
+        router: router(state),
+        broker,
+        _dir: dir,
+    }
+}
+
+async fn call(app: &App, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, body)
+}
+
+fn post(path: &str, body: &str) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+async fn assert_problem(app: &App, req: Request<Body>, status: StatusCode, detail_has: &str) {
+    let (got, headers, body) = call(app, req).await;
+    assert_eq!(got, status, "body: {body}");
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:ferry:problem:")
+    );
+    assert!(body["title"].is_string());
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(detail_has),
+        "detail {detail:?} lacks {detail_has:?}"
+    );
+}
+
+#[tokio::test]
+async fn submit_then_get() {
+    let app = app(1 << 20).await;
+    let (status, headers, body) = call(
+        &app,
+        post("/v1/queues/emails/jobs", r#"{"kind":"email.send","payload":{"to":"a@b.c"},"max_attempts":5,"priority":2,"tags":["tenant:7"]}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["state"], "queued");
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(headers[header::LOCATION], format!("/v1/jobs/{id}"));
+
+    let (status, _, job) = call(
+        &app,
+        Request::get(format!("/v1/jobs/{id}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(job["id"], id);
+    assert_eq!(job["queue"], "emails");
+    assert_eq!(job["kind"], "email.send");
+    assert_eq!(job["state"], "queued");
+    assert_eq!(job["attempts"], 0);
+    assert_eq!(job["max_attempts"], 5);
+    assert_eq!(job["priority"], 2);
+    assert_eq!(job["payload"], json!({"to": "a@b.c"}));
+    assert_eq!(job["tags"], json!(["tenant:7"]));
+    assert_eq!(job["result"], Value::Null);
+
+    let (status, _, body) = call(
+        &app,
+        post(
+            "/v1/queues/emails/jobs",
+            r#"{"kind":"noop","delay_ms":60000}"#,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::ACCEPTED, Some("scheduled"))
+    );
+    let stats = app
+        .broker
+        .stats(&QueueName::parse("emails").unwrap())
+        .await
+        .unwrap();
+    assert_eq!((stats.ready, stats.scheduled), (1, 1));
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_original() {
+    let app = app(1 << 20).await;
+    let req = || {
+        Request::post("/v1/queues/orders/jobs")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", "order-42")
+            .body(Body::from(r#"{"kind":"noop"}"#))
+            .unwrap()
+    };
+    let (s1, h1, b1) = call(&app, req()).await;
+    let (s2, h2, b2) = call(&app, req()).await;
+    assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
+    assert_eq!(b1["id"], b2["id"]);
+    assert!(h1.get("idempotent-replayed").is_none());
+    assert_eq!(h2["idempotent-replayed"], "true");
+    assert_eq!(
+        app.broker
+            .stats(&QueueName::parse("orders").unwrap())
+            .await
+            .unwrap()
+            .ready,
+        1
+    );
+}
+
+#[tokio::test]
+async fn batch_is_all_or_nothing() {
+    let app = app(1 << 20).await;
+    let (status, _, body) = call(
+        &app,
+        post(
+            "/v1/queues/bulk/jobs/batch",
+            r#"{"jobs":[{"kind":"noop"},{"kind":"echo","payload":[1]}]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["jobs"].as_array().unwrap().len(), 2);
+    assert_problem(
+        &app,
+        post(
+            "/v1/queues/bulk/jobs/batch",
+            r#"{"jobs":[{"kind":"noop"},{"kind":"bad kind"}]}"#,
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "job kind",
+    )
+    .await;
+    assert_problem(
+        &app,
+        post(
+            "/v1/queues/bulk/jobs/batch",
+            r#"{"jobs":[{"kind":"noop"},{"kind":"noop","max_attempts":0}]}"#,
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "jobs[1]: max_attempts",
+    )
+    .await;
+    assert_problem(
+        &app,
+        post("/v1/queues/bulk/jobs/batch", r#"{"jobs":[]}"#),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "1 to 10000",
+    )
+    .await;
+    assert_eq!(
+        app.broker
+            .stats(&QueueName::parse("bulk").unwrap())
+            .await
+            .unwrap()
+            .ready,
+        2,
+        "failed batches enqueue nothing"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_problem_json_and_writes_nothing() {
+    let app = app(1024).await;
+    assert_problem(
+        &app,
+        post("/v1/queues/q/jobs", r#"{"kind": "noop""#),
+        StatusCode::BAD_REQUEST,
+        "EOF",
+    )
+    .await;
+    assert_problem(
+        &app,
+        post("/v1/queues/q/jobs", "not json"),
+        StatusCode::BAD_REQUEST,
+        "expected",
+    )
+    .await;
+    assert_problem(
+        &app,
+        post("/v1/queues/q/jobs", r#"{"payload":{}}"#),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "missing field `kind`",
+    )
+    .await;
+    assert_problem(
+        &app,
+        post("/v1/queues/q/jobs", r#"{"kind":"has space"}"#),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "job kind may only contain",
+    )
+    .await;
+    assert_problem(
+        &app,
+        post("/v1/queues/q/jobs", r#"{"kind":"noop","max_attempts":0}"#),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "max_attempts",
+    )
+    .await;
+    assert_problem(
+        &app,
+        post("/v1/queues/q/jobs", r#"{"kind":"noop","colour":"red"}"#),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown field `colour`",
+    )
+    .await;
+    assert_problem(
+        &app,
+        post("/v1/queues/Bad%20Queue/jobs", r#"{"kind":"noop"}"#),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "queue name may only contain",
+    )
+    .await;
+    let big = format!(r#"{{"kind":"noop","payload":"{}"}}"#, "x".repeat(2048));
+    assert_problem(
+        &app,
+        post("/v1/queues/q/jobs", &big),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "1024 bytes",
+    )
+    .await;
+    let form = Request::post("/v1/queues/q/jobs")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from("kind=noop"))
+        .unwrap();
+    assert_problem(
+        &app,
+        form,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "application/x-www-form-urlencoded",
+    )
+    .await;
+    let none = Request::post("/v1/queues/q/jobs")
+        .body(Body::from(r#"{"kind":"noop"}"#))
+        .unwrap();
+    assert_problem(&app, none, StatusCode::UNSUPPORTED_MEDIA_TYPE, "got none").await;
+    let bad_key = Request::post("/v1/queues/q/jobs")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("idempotency-key", "has space")
+        .body(Body::from(r#"{"kind":"noop"}"#))
+        .unwrap();
+    assert_problem(
+        &app,
+        bad_key,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency key",
+    )
+    .await;
+    let unknown = format!("/v1/jobs/{}", ferry_core::JobId::new());
+    assert_problem(
+        &app,
+        Request::get(&unknown).body(Body::empty()).unwrap(),
+        StatusCode::NOT_FOUND,
+        "no job with id",
+    )
+    .await;
+    assert_problem(
+        &app,
+        Request::get("/v1/jobs/not-an-id")
+            .body(Body::empty())
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+        "not-an-id",
+    )
+    .await;
+    assert_problem(
+        &app,
+        Request::get("/nope").body(Body::empty()).unwrap(),
+        StatusCode::NOT_FOUND,
+        "no such route",
+    )
+    .await;
+
+    let s = app
+        .broker
+        .stats(&QueueName::parse("q").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.ready, s.scheduled, s.leased, s.dead),
+        (0, 0, 0, 0),
+        "nothing half-written"
+    );
+}
+
+#[tokio::test]
+async fn health_ready_metrics() {
+    let app = app(1 << 20).await;
+    let (s, _, _) = call(&app, Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = call(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    call(&app, post("/v1/queues/m/jobs", r#"{"kind":"noop"}"#)).await;
+    let (s, h, body) = call(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        h[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = body.as_str().unwrap();
+    assert!(
+        text.contains("ferry_jobs_enqueued_total{queue=\"m\"}"),
+        "{text}"
+    );
+    assert!(text.contains("ferry_http_requests_total"));
+}
