@@ -1,0 +1,220 @@
+//! `ferry bench`: whole-system benchmarks that print one JSON line per result (River's
+//! `river bench` is the model). They drive the real broker, worker runtime and store.
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, ValueEnum};
+use ferry_config::{BrokerUrl, StoreUrl};
+use ferry_core::broker::{Broker, QueueSelector};
+use ferry_core::{JobEnvelope, JobKind, QueueName};
+use ferry_worker::{JobContext, JobError, Registry, Worker, WorkerOptions};
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+use crate::{UsageError, open};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Which {
+    /// Batch enqueue straight into the broker.
+    Enqueue,
+    /// Run a pre-filled backlog of no-op jobs to completion (leases, fencing, acks and
+    /// history recording all on).
+    Drain,
+    /// Enqueue at a steady rate and measure enqueue -> handler start.
+    Latency,
+}
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    #[arg(value_enum)]
+    which: Which,
+    /// Broker URL; default a fresh SQLite file in a temporary directory.
+    #[arg(long)]
+    broker: Option<String>,
+    #[arg(long, default_value_t = 100_000)]
+    jobs: u64,
+    /// Worker concurrency (drain, latency) or concurrent producers (enqueue).
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Jobs per enqueue call.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// Jobs per second for `latency`.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+}
+
+struct Progress {
+    enabled: bool,
+    what: &'static str,
+    total: u64,
+}
+
+impl Progress {
+    fn new(what: &'static str, total: u64) -> Self {
+        Self { enabled: std::io::stderr().is_terminal(), what, total }
+    }
+    fn show(&self, done: u64) {
+        if self.enabled {
+            let pct = done.saturating_mul(100) / self.total.max(1);
+            let bar = "#".repeat(usize::try_from(pct / 4).unwrap_or(0));
+            eprint!("\r{:<8} [{bar:<25}] {done}/{} ({pct}%)", self.what, self.total);
+            let _ = std::io::stderr().flush();
+        }
+    }
+    fn finish(&self) {
+        if self.enabled {
+            eprintln!();
+        }
+    }
+}
+
+fn noop_job(queue: &QueueName) -> JobEnvelope {
+    JobEnvelope::new(queue.clone(), JobKind::parse("noop").expect("kind"), JobEnvelope::empty_payload())
+}
+
+async fn enqueue_backlog(broker: &Arc<dyn Broker>, queue: &QueueName, jobs: u64, batch: usize, producers: usize, progress: &Progress) -> anyhow::Result<()> {
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let per = jobs.div_ceil(producers.max(1) as u64);
+    let mut tasks = Vec::new();
+    for p in 0..producers.max(1) as u64 {
+        let n = per.min(jobs.saturating_sub(p * per));
+        let broker = broker.clone();
+        let queue = queue.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut left = n;
+            while left > 0 {
+                let take = left.min(batch as u64);
+                broker.enqueue((0..take).map(|_| noop_job(&queue)).collect()).await?;
+                left -= take;
+                done.fetch_add(take, std::sync::atomic::Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let all = futures_join(tasks);
+    tokio::pin!(all);
+    loop {
+        tokio::select! {
+            r = &mut all => { progress.show(jobs); progress.finish(); return r; }
+            () = tokio::time::sleep(Duration::from_millis(200)) => progress.show(done.load(std::sync::atomic::Ordering::Relaxed)),
+        }
+    }
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>) -> anyhow::Result<()> {
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if a.jobs == 0 || a.concurrency == 0 || a.batch == 0 || a.rate == 0 {
+        return Err(UsageError("--jobs, --concurrency, --batch and --rate must be at least 1".into()).into());
+    }
+    let tmp = tempdir()?;
+    let broker_url = match &a.broker {
+        Some(u) => BrokerUrl::parse(u)?,
+        None => BrokerUrl::Sqlite(tmp.join("broker.db")),
+    };
+    let broker = open::broker(&broker_url).await?;
+    let store = open::store(&StoreUrl::Sqlite(tmp.join("store.db"))).await?;
+    let queue = QueueName::parse(&format!("bench-{}", std::process::id())).expect("valid");
+    let line = match a.which {
+        Which::Enqueue => {
+            let p = Progress::new("enqueue", a.jobs);
+            let start = Instant::now();
+            enqueue_backlog(&broker, &queue, a.jobs, a.batch, a.concurrency, &p).await?;
+            let secs = start.elapsed().as_secs_f64();
+            serde_json::json!({"bench":"enqueue","broker":broker.name(),"jobs":a.jobs,"concurrency":a.concurrency,"batch":a.batch,"seconds":secs,"jobs_per_s":a.jobs as f64 / secs})
+        }
+        Which::Drain => {
+            enqueue_backlog(&broker, &queue, a.jobs, a.batch, 2, &Progress::new("fill", a.jobs)).await?;
+            let p = Progress::new("drain", a.jobs);
+            let stop = CancellationToken::new();
+            let opts = WorkerOptions { concurrency: a.concurrency, queues: QueueSelector::Only(vec![queue.clone()]), ..WorkerOptions::default() };
+            let start = Instant::now();
+            let worker = tokio::spawn(Worker::new(broker.clone(), store.clone(), Registry::with_builtins(), opts).run(stop.clone()));
+            loop {
+                let s = broker.stats(&queue).await?;
+                let left = s.ready + s.leased + s.scheduled;
+                p.show(a.jobs - left.min(a.jobs));
+                if left == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            p.finish();
+            stop.cancel();
+            worker.await??;
+            serde_json::json!({"bench":"drain","broker":broker.name(),"store":store.name(),"jobs":a.jobs,"concurrency":a.concurrency,"seconds":secs,"jobs_per_s":a.jobs as f64 / secs})
+        }
+        Which::Latency => latency(&a, broker.clone(), store, &queue).await?,
+    };
+    println!("{line}");
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+fn micros_now() -> u64 {
+    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros()).unwrap_or(0)
+}
+
+async fn latency(a: &BenchArgs, broker: Arc<dyn Broker>, store: Arc<dyn ferry_core::store::Store>, queue: &QueueName) -> anyhow::Result<serde_json::Value> {
+    let samples = Arc::new(Mutex::new(Vec::<u64>::with_capacity(usize::try_from(a.jobs).unwrap_or(0))));
+    let s = samples.clone();
+    let mut reg = Registry::new();
+    #[derive(serde::Deserialize)]
+    struct Stamp {
+        t: u64,
+    }
+    reg.register("bench.latency", move |_: JobContext, p: Stamp| {
+        let waited = micros_now().saturating_sub(p.t);
+        s.lock().expect("samples").push(waited);
+        async { Ok::<_, JobError>(()) }
+    });
+    let stop = CancellationToken::new();
+    let opts = WorkerOptions { concurrency: a.concurrency, queues: QueueSelector::Only(vec![queue.clone()]), ..WorkerOptions::default() };
+    let worker = tokio::spawn(Worker::new(broker.clone(), store, reg, opts).run(stop.clone()));
+    let p = Progress::new("latency", a.jobs);
+    let kind = JobKind::parse("bench.latency").expect("kind");
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / a.rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    for i in 0..a.jobs {
+        tick.tick().await;
+        let payload = RawValue::from_string(format!("{{\"t\":{}}}", micros_now()))?;
+        broker.enqueue(vec![JobEnvelope::new(queue.clone(), kind.clone(), Arc::from(payload))]).await?;
+        if i % 500 == 0 {
+            p.show(i);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (samples.lock().expect("samples").len() as u64) < a.jobs {
+        anyhow::ensure!(Instant::now() < deadline, "latency bench: jobs did not all start within 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    p.show(a.jobs);
+    p.finish();
+    stop.cancel();
+    worker.await??;
+    let mut v = samples.lock().expect("samples").clone();
+    v.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        let idx = ((v.len() as f64 - 1.0) * q).round() as usize;
+        v[idx.min(v.len() - 1)] as f64 / 1000.0
+    };
+    Ok(serde_json::json!({"bench":"latency","broker":broker.name(),"jobs":a.jobs,"rate":a.rate,"concurrency":a.concurrency,"seconds":secs,"p50_ms":pct(0.50),"p99_ms":pct(0.99),"max_ms":pct(1.0)}))
+}
+
+fn tempdir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("ferry-bench-{}-{}", std::process::id(), micros_now()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -1,0 +1,43 @@
+//! Opening the configured broker and store. URLs this build cannot serve are refused with a
+//! message that says what it can.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use ferry_broker_sqlite::{SqliteBroker, SqliteBrokerConfig};
+use ferry_config::{BrokerUrl, StoreUrl};
+use ferry_core::broker::Broker;
+use ferry_core::store::Store;
+use ferry_store::{SqliteStore, SqliteStoreConfig};
+
+use crate::UsageError;
+
+pub(crate) async fn broker(url: &BrokerUrl) -> anyhow::Result<Arc<dyn Broker>> {
+    match url {
+        BrokerUrl::Sqlite(path) => {
+            let b = SqliteBroker::open(SqliteBrokerConfig::new(path))
+                .await
+                .with_context(|| format!("opening the broker at sqlite://{}", path.display()))?;
+            Ok(Arc::new(b))
+        }
+        BrokerUrl::Other { scheme, url } => Err(UsageError(format!(
+            "FERRY_BROKER_URL={url:?}: the {scheme} broker is not part of this build yet; use sqlite://PATH (the default)"
+        ))
+        .into()),
+    }
+}
+
+pub(crate) async fn store(url: &StoreUrl) -> anyhow::Result<Arc<dyn Store>> {
+    match url {
+        StoreUrl::Sqlite(path) => {
+            let s = SqliteStore::open(SqliteStoreConfig { path: path.clone() })
+                .await
+                .with_context(|| format!("opening the store at sqlite://{}", path.display()))?;
+            Ok(Arc::new(s))
+        }
+        StoreUrl::Other { scheme, url } => Err(UsageError(format!(
+            "FERRY_DATABASE_URL={url:?}: the {scheme} store is not part of this build yet; use sqlite://PATH (the default)"
+        ))
+        .into()),
+    }
+}
