@@ -54,13 +54,20 @@ struct Progress {
 
 impl Progress {
     fn new(what: &'static str, total: u64) -> Self {
-        Self { enabled: std::io::stderr().is_terminal(), what, total }
+        Self {
+            enabled: std::io::stderr().is_terminal(),
+            what,
+            total,
+        }
     }
     fn show(&self, done: u64) {
         if self.enabled {
             let pct = done.saturating_mul(100) / self.total.max(1);
             let bar = "#".repeat(usize::try_from(pct / 4).unwrap_or(0));
-            eprint!("\r{:<8} [{bar:<25}] {done}/{} ({pct}%)", self.what, self.total);
+            eprint!(
+                "\r{:<8} [{bar:<25}] {done}/{} ({pct}%)",
+                self.what, self.total
+            );
             let _ = std::io::stderr().flush();
         }
     }
@@ -72,10 +79,21 @@ impl Progress {
 }
 
 fn noop_job(queue: &QueueName) -> JobEnvelope {
-    JobEnvelope::new(queue.clone(), JobKind::parse("noop").expect("kind"), JobEnvelope::empty_payload())
+    JobEnvelope::new(
+        queue.clone(),
+        JobKind::parse("noop").expect("kind"),
+        JobEnvelope::empty_payload(),
+    )
 }
 
-async fn enqueue_backlog(broker: &Arc<dyn Broker>, queue: &QueueName, jobs: u64, batch: usize, producers: usize, progress: &Progress) -> anyhow::Result<()> {
+async fn enqueue_backlog(
+    broker: &Arc<dyn Broker>,
+    queue: &QueueName,
+    jobs: u64,
+    batch: usize,
+    producers: usize,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let per = jobs.div_ceil(producers.max(1) as u64);
     let mut tasks = Vec::new();
@@ -88,7 +106,9 @@ async fn enqueue_backlog(broker: &Arc<dyn Broker>, queue: &QueueName, jobs: u64,
             let mut left = n;
             while left > 0 {
                 let take = left.min(batch as u64);
-                broker.enqueue((0..take).map(|_| noop_job(&queue)).collect()).await?;
+                broker
+                    .enqueue((0..take).map(|_| noop_job(&queue)).collect())
+                    .await?;
                 left -= take;
                 done.fetch_add(take, std::sync::atomic::Ordering::Relaxed);
             }
@@ -105,7 +125,9 @@ async fn enqueue_backlog(broker: &Arc<dyn Broker>, queue: &QueueName, jobs: u64,
     }
 }
 
-async fn futures_join(tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>) -> anyhow::Result<()> {
+async fn futures_join(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+) -> anyhow::Result<()> {
     for t in tasks {
         t.await??;
     }
@@ -114,7 +136,10 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>) -
 
 pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.jobs == 0 || a.concurrency == 0 || a.batch == 0 || a.rate == 0 {
-        return Err(UsageError("--jobs, --concurrency, --batch and --rate must be at least 1".into()).into());
+        return Err(UsageError(
+            "--jobs, --concurrency, --batch and --rate must be at least 1".into(),
+        )
+        .into());
     }
     let tmp = tempdir()?;
     let broker_url = match &a.broker {
@@ -133,12 +158,32 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
             serde_json::json!({"bench":"enqueue","broker":broker.name(),"jobs":a.jobs,"concurrency":a.concurrency,"batch":a.batch,"seconds":secs,"jobs_per_s":a.jobs as f64 / secs})
         }
         Which::Drain => {
-            enqueue_backlog(&broker, &queue, a.jobs, a.batch, 2, &Progress::new("fill", a.jobs)).await?;
+            enqueue_backlog(
+                &broker,
+                &queue,
+                a.jobs,
+                a.batch,
+                2,
+                &Progress::new("fill", a.jobs),
+            )
+            .await?;
             let p = Progress::new("drain", a.jobs);
             let stop = CancellationToken::new();
-            let opts = WorkerOptions { concurrency: a.concurrency, queues: QueueSelector::Only(vec![queue.clone()]), ..WorkerOptions::default() };
+            let opts = WorkerOptions {
+                concurrency: a.concurrency,
+                queues: QueueSelector::Only(vec![queue.clone()]),
+                ..WorkerOptions::default()
+            };
             let start = Instant::now();
-            let worker = tokio::spawn(Worker::new(broker.clone(), store.clone(), Registry::with_builtins(), opts).run(stop.clone()));
+            let worker = tokio::spawn(
+                Worker::new(
+                    broker.clone(),
+                    store.clone(),
+                    Registry::with_builtins(),
+                    opts,
+                )
+                .run(stop.clone()),
+            );
             loop {
                 let s = broker.stats(&queue).await?;
                 let left = s.ready + s.leased + s.scheduled;
@@ -162,11 +207,24 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn micros_now() -> u64 {
-    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros()).unwrap_or(0)
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros(),
+    )
+    .unwrap_or(0)
 }
 
-async fn latency(a: &BenchArgs, broker: Arc<dyn Broker>, store: Arc<dyn ferry_core::store::Store>, queue: &QueueName) -> anyhow::Result<serde_json::Value> {
-    let samples = Arc::new(Mutex::new(Vec::<u64>::with_capacity(usize::try_from(a.jobs).unwrap_or(0))));
+async fn latency(
+    a: &BenchArgs,
+    broker: Arc<dyn Broker>,
+    store: Arc<dyn ferry_core::store::Store>,
+    queue: &QueueName,
+) -> anyhow::Result<serde_json::Value> {
+    let samples = Arc::new(Mutex::new(Vec::<u64>::with_capacity(
+        usize::try_from(a.jobs).unwrap_or(0),
+    )));
     let s = samples.clone();
     let mut reg = Registry::new();
     #[derive(serde::Deserialize)]
@@ -179,7 +237,11 @@ async fn latency(a: &BenchArgs, broker: Arc<dyn Broker>, store: Arc<dyn ferry_co
         async { Ok::<_, JobError>(()) }
     });
     let stop = CancellationToken::new();
-    let opts = WorkerOptions { concurrency: a.concurrency, queues: QueueSelector::Only(vec![queue.clone()]), ..WorkerOptions::default() };
+    let opts = WorkerOptions {
+        concurrency: a.concurrency,
+        queues: QueueSelector::Only(vec![queue.clone()]),
+        ..WorkerOptions::default()
+    };
     let worker = tokio::spawn(Worker::new(broker.clone(), store, reg, opts).run(stop.clone()));
     let p = Progress::new("latency", a.jobs);
     let kind = JobKind::parse("bench.latency").expect("kind");
@@ -189,14 +251,23 @@ async fn latency(a: &BenchArgs, broker: Arc<dyn Broker>, store: Arc<dyn ferry_co
     for i in 0..a.jobs {
         tick.tick().await;
         let payload = RawValue::from_string(format!("{{\"t\":{}}}", micros_now()))?;
-        broker.enqueue(vec![JobEnvelope::new(queue.clone(), kind.clone(), Arc::from(payload))]).await?;
+        broker
+            .enqueue(vec![JobEnvelope::new(
+                queue.clone(),
+                kind.clone(),
+                Arc::from(payload),
+            )])
+            .await?;
         if i % 500 == 0 {
             p.show(i);
         }
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while (samples.lock().expect("samples").len() as u64) < a.jobs {
-        anyhow::ensure!(Instant::now() < deadline, "latency bench: jobs did not all start within 60 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "latency bench: jobs did not all start within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let secs = start.elapsed().as_secs_f64();
@@ -210,11 +281,17 @@ async fn latency(a: &BenchArgs, broker: Arc<dyn Broker>, store: Arc<dyn ferry_co
         let idx = ((v.len() as f64 - 1.0) * q).round() as usize;
         v[idx.min(v.len() - 1)] as f64 / 1000.0
     };
-    Ok(serde_json::json!({"bench":"latency","broker":broker.name(),"jobs":a.jobs,"rate":a.rate,"concurrency":a.concurrency,"seconds":secs,"p50_ms":pct(0.50),"p99_ms":pct(0.99),"max_ms":pct(1.0)}))
+    Ok(
+        serde_json::json!({"bench":"latency","broker":broker.name(),"jobs":a.jobs,"rate":a.rate,"concurrency":a.concurrency,"seconds":secs,"p50_ms":pct(0.50),"p99_ms":pct(0.99),"max_ms":pct(1.0)}),
+    )
 }
 
 fn tempdir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("ferry-bench-{}-{}", std::process::id(), micros_now()));
+    let dir = std::env::temp_dir().join(format!(
+        "ferry-bench-{}-{}",
+        std::process::id(),
+        micros_now()
+    ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

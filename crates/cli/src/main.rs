@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Ferry: async jobs over HTTP, run by workers, remembered in a store")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Ferry: async jobs over HTTP, run by workers, remembered in a store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,7 +44,10 @@ pub(crate) struct UsageError(pub String);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     ferry_telemetry::init_logging();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferry: cannot start the async runtime: {e}");
@@ -61,7 +68,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry: {e:#}");
-            if e.downcast_ref::<UsageError>().is_some() || e.downcast_ref::<ferry_config::ConfigError>().is_some() {
+            if e.downcast_ref::<UsageError>().is_some()
+                || e.downcast_ref::<ferry_config::ConfigError>().is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

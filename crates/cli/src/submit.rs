@@ -51,13 +51,21 @@ pub(crate) async fn run(a: SubmitArgs) -> anyhow::Result<()> {
     }
     let client = reqwest::Client::new();
     let base = a.url.trim_end_matches('/');
-    let mut req = client.post(format!("{base}/v1/queues/{}/jobs", a.queue)).json(&body);
+    let mut req = client
+        .post(format!("{base}/v1/queues/{}/jobs", a.queue))
+        .json(&body);
     if let Some(k) = &a.idempotency_key {
         req = req.header("idempotency-key", k);
     }
-    let resp = req.send().await.with_context(|| format!("cannot reach the API at {base}"))?;
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the API at {base}"))?;
     let status = resp.status();
-    let answer: Value = resp.json().await.context("the API answered with something other than JSON")?;
+    let answer: Value = resp
+        .json()
+        .await
+        .context("the API answered with something other than JSON")?;
     if !status.is_success() {
         anyhow::bail!(
             "the API refused the job ({status}): {}",
@@ -68,7 +76,9 @@ pub(crate) async fn run(a: SubmitArgs) -> anyhow::Result<()> {
         println!("{answer}");
         return Ok(());
     }
-    let id = answer["id"].as_str().context("the API's answer has no id")?;
+    let id = answer["id"]
+        .as_str()
+        .context("the API's answer has no id")?;
     let deadline = Instant::now() + Duration::from_secs(a.wait_secs);
     loop {
         let job: Value = client
@@ -78,7 +88,10 @@ pub(crate) async fn run(a: SubmitArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot reach the API at {base}"))?
             .json()
             .await?;
-        if matches!(job["state"].as_str(), Some("succeeded" | "dead" | "cancelled")) {
+        if matches!(
+            job["state"].as_str(),
+            Some("succeeded" | "dead" | "cancelled")
+        ) {
             println!("{job}");
             return Ok(());
         }
