@@ -83,10 +83,10 @@ async fn submit(r: &Rig, kind: &str, payload: &str, max_attempts: u32) -> JobId 
 async fn final_record(r: &Rig, id: JobId) -> JobRecord {
     let start = Instant::now();
     loop {
-        if let Some(rec) = r.store.job(id).await.unwrap() {
-            if rec.state.is_final() {
-                return rec;
-            }
+        if let Some(rec) = r.store.job(id).await.unwrap()
+            && rec.state.is_final()
+        {
+            return rec;
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),

@@ -26,10 +26,10 @@ pub(crate) async fn lease(
     if max == 0 {
         return Ok(Vec::new());
     }
-    if let QueueSelector::Only(qs) = queues {
-        if qs.is_empty() {
-            return Ok(Vec::new());
-        }
+    if let QueueSelector::Only(qs) = queues
+        && qs.is_empty()
+    {
+        return Ok(Vec::new());
     }
     let now = UnixMillis::now();
     // Jobs whose holder stopped heartbeating are due again. The next lease bumps the fence,

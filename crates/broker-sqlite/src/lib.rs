@@ -48,12 +48,12 @@ impl SqliteBroker {
     /// # Errors
     /// When the file cannot be opened or migrated.
     pub async fn open(config: SqliteBrokerConfig) -> BrokerResult<Self> {
-        if let Some(dir) = config.path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    BrokerError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
+        if let Some(dir) = config.path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                BrokerError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let opts = SqliteConnectOptions::new()
             .filename(&config.path)

@@ -61,7 +61,7 @@ mod tests {
             let d = p.backoff(attempt, &mut rng);
             prop_assert!(d <= p.cap);
             prop_assert!(d <= p.ceiling(attempt));
-            let exp = u32::try_from(attempt.saturating_sub(1).min(63)).unwrap();
+            let exp = attempt.saturating_sub(1).min(63);
             let uncapped = u128::from(base_ms) << exp;
             prop_assert_eq!(p.ceiling(attempt).as_millis(), uncapped.min(u128::from(cap_ms)));
         }

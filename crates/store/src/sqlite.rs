@@ -69,12 +69,12 @@ impl SqliteStore {
     /// # Errors
     /// When the file cannot be opened or the schema created.
     pub async fn open(config: SqliteStoreConfig) -> StoreResult<Self> {
-        if let Some(dir) = config.path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
+        if let Some(dir) = config.path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let opts = SqliteConnectOptions::new()
             .filename(&config.path)
