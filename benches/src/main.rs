@@ -15,7 +15,12 @@ struct Opts {
 }
 
 fn parse_args() -> anyhow::Result<Opts> {
-    let mut o = Opts { smoke: false, runs: 2, jobs: 100_000, broker: None };
+    let mut o = Opts {
+        smoke: false,
+        runs: 2,
+        jobs: 100_000,
+        broker: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -23,7 +28,9 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--runs" => o.runs = args.next().context("--runs needs a number")?.parse()?,
             "--jobs" => o.jobs = args.next().context("--jobs needs a number")?.parse()?,
             "--broker" => o.broker = Some(args.next().context("--broker needs a URL")?),
-            other => bail!("unknown argument {other:?}; expected --smoke, --runs N, --jobs N, --broker URL"),
+            other => bail!(
+                "unknown argument {other:?}; expected --smoke, --runs N, --jobs N, --broker URL"
+            ),
         }
     }
     if o.smoke {
@@ -50,9 +57,17 @@ fn ferry_bin() -> anyhow::Result<PathBuf> {
 }
 
 fn run_once(bin: &PathBuf, args: &[String]) -> anyhow::Result<Value> {
-    let out = Command::new(bin).arg("bench").args(args).env("RUST_LOG", "warn").output()?;
+    let out = Command::new(bin)
+        .arg("bench")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()?;
     if !out.status.success() {
-        bail!("ferry bench {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "ferry bench {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = String::from_utf8(out.stdout)?;
     let line = text.lines().last().context("ferry bench printed nothing")?;
@@ -62,18 +77,56 @@ fn run_once(bin: &PathBuf, args: &[String]) -> anyhow::Result<Value> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let o = parse_args()?;
     let bin = ferry_bin()?;
     let jobs = o.jobs.to_string();
-    let latency_jobs = if o.smoke { "500".to_owned() } else { "10000".to_owned() };
+    let latency_jobs = if o.smoke {
+        "500".to_owned()
+    } else {
+        "10000".to_owned()
+    };
     let mut benches: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
-        ("enqueue", vec!["enqueue".into(), "--jobs".into(), jobs.clone(), "--concurrency".into(), "4".into()], vec!["jobs_per_s"]),
-        ("drain", vec!["drain".into(), "--jobs".into(), jobs, "--concurrency".into(), "50".into()], vec!["jobs_per_s"]),
-        ("latency", vec!["latency".into(), "--jobs".into(), latency_jobs, "--rate".into(), "1000".into()], vec!["p50_ms", "p99_ms"]),
+        (
+            "enqueue",
+            vec![
+                "enqueue".into(),
+                "--jobs".into(),
+                jobs.clone(),
+                "--concurrency".into(),
+                "4".into(),
+            ],
+            vec!["jobs_per_s"],
+        ),
+        (
+            "drain",
+            vec![
+                "drain".into(),
+                "--jobs".into(),
+                jobs,
+                "--concurrency".into(),
+                "50".into(),
+            ],
+            vec!["jobs_per_s"],
+        ),
+        (
+            "latency",
+            vec![
+                "latency".into(),
+                "--jobs".into(),
+                latency_jobs,
+                "--rate".into(),
+                "1000".into(),
+            ],
+            vec!["p50_ms", "p99_ms"],
+        ),
     ];
     if let Some(b) = &o.broker {
         for (_, args, _) in &mut benches {
@@ -81,7 +134,9 @@ fn main() -> anyhow::Result<()> {
             args.push(b.clone());
         }
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     for (name, args, keys) in benches {
         let mut results = Vec::new();
         for _ in 0..o.runs {
