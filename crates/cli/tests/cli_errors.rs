@@ -1,0 +1,67 @@
+//! Bad configuration and arguments: one clear line on stderr, exit code 2, no panic.
+
+use std::process::Command;
+
+fn ferry(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(args)
+        .env("FERRY_DATA_DIR", dir.path())
+        .env("RUST_LOG", "off");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line(code: i32, stderr: &str, has: &str) {
+    assert_eq!(code, 2, "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "exactly one line: {stderr:?}");
+    assert!(stderr.starts_with("ferry: "), "{stderr:?}");
+    assert!(stderr.contains(has), "{stderr:?} lacks {has:?}");
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn bad_configuration_is_one_line_and_exit_2() {
+    let (c, e) = ferry(&["api"], &[("FERRY_LISTEN", "nope")]);
+    assert_one_line(c, &e, "FERRY_LISTEN=\"nope\"");
+    let (c, e) = ferry(&["worker"], &[("FERRY_BROKER_URL", "mongo://x")]);
+    assert_one_line(c, &e, "unknown broker scheme 'mongo'");
+    let (c, e) = ferry(
+        &["worker"],
+        &[("FERRY_BROKER_URL", "redis://127.0.0.1:6379")],
+    );
+    assert_one_line(c, &e, "the redis broker is not part of this build yet");
+    let (c, e) = ferry(
+        &["dev"],
+        &[("FERRY_DATABASE_URL", "postgres://127.0.0.1/test")],
+    );
+    assert_one_line(c, &e, "the postgres store is not part of this build yet");
+    let (c, e) = ferry(&["worker"], &[("FERRY_WORKER_CONCURRENCY", "0")]);
+    assert_one_line(c, &e, "FERRY_WORKER_CONCURRENCY");
+    let (c, e) = ferry(&["submit", "noop", "--payload", "{oops"], &[]);
+    assert_one_line(c, &e, "--payload is not JSON");
+}
+
+#[test]
+fn migrate_creates_both_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("migrate")
+        .env("FERRY_DATA_DIR", dir.path())
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("broker.db").exists());
+    assert!(dir.path().join("store.db").exists());
+}
