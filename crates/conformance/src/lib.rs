@@ -24,6 +24,12 @@ macro_rules! conformance_tests {
             idempotency_keys_deduplicate, pause_and_resume, stats_are_exact,
             concurrent_consumers_never_share_a_job, idle_pickup_is_prompt,
             restarted_consumer_name_works_at_once);
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn pushes_wake_consumers_in_other_processes() {
+            let consumer: $crate::DynBroker = $make.await;
+            let producer: $crate::DynBroker = $make.await;
+            $crate::pushes_wake_consumers_in_other_processes(consumer, producer).await;
+        }
     };
     (@cases $make:expr; $($case:ident),+) => {
         $(
@@ -482,6 +488,42 @@ pub async fn idle_pickup_is_prompt(b: DynBroker) {
     assert!(
         waited < Duration::from_millis(50),
         "idle pickup took {waited:?}"
+    );
+}
+
+/// A push through one broker instance (standing in for another process: its own
+/// connections, its own wake-up machinery) wakes an idle consumer on another at once.
+pub async fn pushes_wake_consumers_in_other_processes(consumer: DynBroker, producer: DynBroker) {
+    if !skip_unless(
+        &consumer,
+        "pushes_wake_consumers_in_other_processes",
+        |c| c.cross_process_wakeup,
+        "cross-process wake-ups",
+    ) {
+        return;
+    }
+    let q = fresh_queue("xwake");
+    let sel = only(&q);
+    let waiter = {
+        let b = consumer.clone();
+        let sel = sel.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(l) = b.lease(&sel, 1, LEASE, "idle").await.unwrap().pop() {
+                    return (l, Instant::now());
+                }
+                b.wait_for_jobs(&sel, Duration::from_secs(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pushed = Instant::now();
+    producer.enqueue(vec![job(&q, 1)]).await.unwrap();
+    let (_, got) = waiter.await.unwrap();
+    let waited = got.duration_since(pushed);
+    assert!(
+        waited < Duration::from_millis(50),
+        "cross-process pickup took {waited:?}"
     );
 }
 

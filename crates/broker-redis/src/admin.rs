@@ -1,0 +1,83 @@
+//! Operator-facing calls: exact stats, pause and resume, the dead-letter set.
+
+use ferry_core::broker::{BrokerError, BrokerResult, DeadJob, QueueStats};
+use ferry_core::{JobEnvelope, JobId, QueueName};
+
+use crate::scripts::{DEAD_JOBS, PAUSE, RETRY_DEAD, STATS};
+use crate::shared::Shared;
+use crate::value::{array, bytes, unsigned};
+
+pub(crate) async fn stats(shared: &Shared, queue: &QueueName) -> BrokerResult<QueueStats> {
+    let keys = shared.keys(queue);
+    let reply = shared.run(&STATS, &keys, &[], |_| {}).await?;
+    let v = array(reply, "stats")?;
+    if v.len() != 5 {
+        return Err(BrokerError::Unavailable("redis: short stats reply".into()));
+    }
+    Ok(QueueStats {
+        ready: unsigned(&v[0], "stats")?,
+        scheduled: unsigned(&v[1], "stats")?,
+        leased: unsigned(&v[2], "stats")?,
+        dead: unsigned(&v[3], "stats")?,
+        paused: unsigned(&v[4], "stats")? == 1,
+    })
+}
+
+pub(crate) async fn set_paused(shared: &Shared, queue: &QueueName, paused: bool) -> BrokerResult<()> {
+    shared.register(queue).await?;
+    let keys = shared.keys(queue);
+    shared
+        .run(&PAUSE, &keys, &[], |inv| {
+            inv.arg(queue.as_str()).arg(if paused { "1" } else { "0" });
+        })
+        .await
+        .map(|_| ())
+}
+
+pub(crate) async fn dead_jobs(
+    shared: &Shared,
+    queue: &QueueName,
+    limit: usize,
+) -> BrokerResult<Vec<DeadJob>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let keys = shared.keys(queue);
+    let reply = shared
+        .run(&DEAD_JOBS, &keys, &[], |inv| {
+            inv.arg(limit);
+        })
+        .await?;
+    let mut items = array(reply, "dead jobs")?.into_iter();
+    let mut out = Vec::new();
+    while let (Some(env), Some(att), Some(err)) = (items.next(), items.next(), items.next()) {
+        let raw = bytes(env, "dead job")?;
+        let mut job: JobEnvelope = serde_json::from_slice(&raw).map_err(|e| {
+            BrokerError::Unavailable(format!("redis: a stored job does not decode: {e}"))
+        })?;
+        job.attempt = u32::try_from(unsigned(&att, "attempts")?).unwrap_or(u32::MAX);
+        let error = String::from_utf8_lossy(&bytes(err, "dead error")?).into_owned();
+        out.push(DeadJob { job, error });
+    }
+    Ok(out)
+}
+
+pub(crate) async fn retry_dead(
+    shared: &Shared,
+    queue: &QueueName,
+    ids: Option<&[JobId]>,
+) -> BrokerResult<u64> {
+    if ids.is_some_and(<[JobId]>::is_empty) {
+        return Ok(0);
+    }
+    let keys = shared.keys(queue);
+    let reply = shared
+        .run(&RETRY_DEAD, &keys, &[], |inv| {
+            inv.arg(queue.as_str());
+            for id in ids.unwrap_or_default() {
+                inv.arg(id.as_uuid().as_bytes().as_slice());
+            }
+        })
+        .await?;
+    unsigned(&reply, "retry dead")
+}

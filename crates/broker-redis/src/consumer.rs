@@ -1,0 +1,221 @@
+//! Lease, extend and settle: one script call per queue per batch, every change conditional
+//! on the fencing token held in the queue's `tok` hash.
+//!
+//! A `LeaseRef` names a job and a token but not its queue, and a queue's keys are what a
+//! script needs. The broker therefore remembers the queue of each lease it handed out until
+//! that lease is settled or found lost (decision 0005). A settlement for a lease this process
+//! never handed out is refused as stale, never applied blindly.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ferry_core::broker::{
+    BrokerError, BrokerResult, FencingToken, Lease, LeaseRef, Settle, SettleOutcome, Settlement,
+};
+use ferry_core::{JobEnvelope, QueueName, UnixMillis};
+
+use crate::keys::QueueKeys;
+use crate::scripts::{EXTEND, LEASE, SETTLE};
+use crate::shared::Shared;
+use crate::value::{array, bytes, int, unsigned};
+
+/// Leases handed out by this process, with the queue they belong to.
+#[derive(Default)]
+pub(crate) struct Held {
+    map: Mutex<HashMap<LeaseRef, Entry>>,
+}
+
+struct Entry {
+    keys: Arc<QueueKeys>,
+    /// Last lease or extension: entries untouched for an hour belong to leases that expired
+    /// long ago and were abandoned by their caller, and are pruned.
+    touched: UnixMillis,
+}
+
+const PRUNE_ABOVE: usize = 200_000;
+const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseRef, Entry>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn insert(&self, leases: &[Lease], keys: &Arc<QueueKeys>) {
+        let now = UnixMillis::now();
+        let mut map = self.lock();
+        if map.len() > PRUNE_ABOVE {
+            let cutoff = UnixMillis(now.0 - i64::try_from(ABANDONED_AFTER.as_millis()).unwrap_or(0));
+            map.retain(|_, e| e.touched > cutoff);
+        }
+        for l in leases {
+            map.insert(
+                l.to_ref(),
+                Entry {
+                    keys: keys.clone(),
+                    touched: now,
+                },
+            );
+        }
+    }
+
+    /// Groups `refs` by queue: (queue keys, positions in `refs`). Unknown refs are left out.
+    fn group(&self, refs: impl Iterator<Item = LeaseRef>, touch: bool) -> Vec<(Arc<QueueKeys>, Vec<usize>)> {
+        let now = UnixMillis::now();
+        let mut map = self.lock();
+        let mut groups: Vec<(Arc<QueueKeys>, Vec<usize>)> = Vec::new();
+        for (i, r) in refs.enumerate() {
+            let Some(e) = map.get_mut(&r) else { continue };
+            if touch {
+                e.touched = now;
+            }
+            match groups.iter_mut().find(|(k, _)| Arc::ptr_eq(k, &e.keys)) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((e.keys.clone(), vec![i])),
+            }
+        }
+        groups
+    }
+
+    fn remove(&self, refs: impl Iterator<Item = LeaseRef>) {
+        let mut map = self.lock();
+        for r in refs {
+            map.remove(&r);
+        }
+    }
+}
+
+/// State for leasing across several queues.
+#[derive(Default)]
+pub(crate) struct Cursor {
+    /// Rotates which queue is asked first, so one busy queue cannot starve the others.
+    next: AtomicUsize,
+    /// Earliest known time (Redis clock, ms) at which more work falls due; 0 when unknown.
+    pub(crate) next_due: AtomicI64,
+}
+
+pub(crate) async fn lease(
+    shared: &Shared,
+    held: &Held,
+    cursor: &Cursor,
+    queues: &[QueueName],
+    max: usize,
+    lease_for: Duration,
+) -> BrokerResult<Vec<Lease>> {
+    let mut out = Vec::new();
+    if queues.is_empty() || max == 0 {
+        return Ok(out);
+    }
+    let start = cursor.next.fetch_add(1, Ordering::Relaxed);
+    let lease_ms = u64::try_from(lease_for.as_millis()).unwrap_or(u64::MAX);
+    let mut next_due = 0i64;
+    for n in 0..queues.len() {
+        let queue = &queues[(start + n) % queues.len()];
+        let want = max - out.len();
+        let keys = shared.keys(queue);
+        let reply = shared
+            .run(&LEASE, &keys, &[], |inv| {
+                // Even when this queue is not asked for jobs (`want` is 0), the call promotes
+                // due work and reports when more falls due.
+                inv.arg(lease_ms).arg(want);
+            })
+            .await?;
+        let mut items = array(reply, "lease")?.into_iter();
+        let (Some(until), Some(due)) = (items.next(), items.next()) else {
+            return Err(BrokerError::Unavailable("redis: short lease reply".into()));
+        };
+        let expires_at = UnixMillis(int(&until, "lease expiry")?);
+        let due = int(&due, "next due")?;
+        if due > 0 && (next_due == 0 || due < next_due) {
+            next_due = due;
+        }
+        let mut got = Vec::with_capacity(items.len() / 3);
+        while let (Some(env), Some(att), Some(tok)) = (items.next(), items.next(), items.next()) {
+            let raw = bytes(env, "leased job")?;
+            let mut job: JobEnvelope = serde_json::from_slice(&raw).map_err(|e| {
+                BrokerError::Unavailable(format!("redis: a stored job does not decode: {e}"))
+            })?;
+            job.attempt = u32::try_from(unsigned(&att, "attempt")?).unwrap_or(u32::MAX);
+            got.push(Lease {
+                job: Arc::new(job),
+                token: FencingToken(unsigned(&tok, "token")?),
+                expires_at,
+            });
+        }
+        held.insert(&got, &keys);
+        out.extend(got);
+    }
+    cursor.next_due.store(next_due, Ordering::Relaxed);
+    Ok(out)
+}
+
+pub(crate) async fn extend(
+    shared: &Shared,
+    held: &Held,
+    leases: &[LeaseRef],
+    lease_for: Duration,
+) -> BrokerResult<Vec<bool>> {
+    let mut out = vec![false; leases.len()];
+    let lease_ms = u64::try_from(lease_for.as_millis()).unwrap_or(u64::MAX);
+    for (keys, idx) in held.group(leases.iter().copied(), true) {
+        let reply = shared
+            .run(&EXTEND, &keys, &[], |inv| {
+                inv.arg(lease_ms);
+                for &i in &idx {
+                    inv.arg(leases[i].id.as_uuid().as_bytes().as_slice())
+                        .arg(leases[i].token.0);
+                }
+            })
+            .await?;
+        for (&i, v) in idx.iter().zip(array(reply, "extend")?) {
+            out[i] = int(&v, "extend")? == 1;
+        }
+    }
+    // A lost lease will never be settled by its holder: forget it now.
+    held.remove(
+        leases
+            .iter()
+            .zip(&out)
+            .filter(|(_, ok)| !**ok)
+            .map(|(l, _)| *l),
+    );
+    Ok(out)
+}
+
+pub(crate) async fn settle(
+    shared: &Shared,
+    held: &Held,
+    batch: &[Settle],
+    dead_max: u64,
+) -> BrokerResult<Vec<SettleOutcome>> {
+    let mut out = vec![SettleOutcome::Stale; batch.len()];
+    for (keys, idx) in held.group(batch.iter().map(|s| s.lease), false) {
+        let reply = shared
+            .run(&SETTLE, &keys, &[], |inv| {
+                inv.arg(keys.queue.as_str()).arg(dead_max);
+                for &i in &idx {
+                    let s = &batch[i];
+                    let (kind, at, error) = match &s.settlement {
+                        Settlement::Ack => ("a", 0, ""),
+                        Settlement::Retry { at, error } => ("r", at.0, error.as_str()),
+                        Settlement::Dead { error } => ("d", 0, error.as_str()),
+                    };
+                    inv.arg(kind)
+                        .arg(s.lease.id.as_uuid().as_bytes().as_slice())
+                        .arg(s.lease.token.0)
+                        .arg(at)
+                        .arg(error);
+                }
+            })
+            .await?;
+        for (&i, v) in idx.iter().zip(array(reply, "settle")?) {
+            if int(&v, "settle")? == 1 {
+                out[i] = SettleOutcome::Applied;
+            }
+        }
+    }
+    // Settled or stale, either way this process is done with these leases.
+    held.remove(batch.iter().map(|s| s.lease));
+    Ok(out)
+}

@@ -1,0 +1,59 @@
+//! Key names. Every key of one queue carries the hash tag `{queue}`, so the queue lives in
+//! one Redis Cluster slot and its scripts may touch all of its keys.
+
+use ferry_core::{IdempotencyKey, QueueName};
+
+/// The global set of queue names (for workers that take every queue). Not part of any
+/// queue's slot; only ever touched by plain commands, never by a script.
+pub(crate) const QUEUES: &str = "ferry:queues";
+
+/// The pub/sub channel on which pushes to an empty queue are announced (payload: the queue).
+pub(crate) const WAKE_CHANNEL: &str = "ferry:wake";
+
+/// One queue's keys, in the order the scripts expect them (see `lua/common.lua`).
+#[derive(Debug)]
+pub(crate) struct QueueKeys {
+    pub(crate) queue: QueueName,
+    pub(crate) keys: [String; 11],
+}
+
+impl QueueKeys {
+    pub(crate) fn new(queue: &QueueName) -> Self {
+        let k = |part: &str| format!("ferry:{{{}}}:{part}", queue.as_str());
+        Self {
+            queue: queue.clone(),
+            keys: [
+                k("ready"),
+                k("sched"),
+                k("leased"),
+                k("dead"),
+                k("jobs"),
+                k("att"),
+                k("tok"),
+                k("pri"),
+                k("err"),
+                k("fence"),
+                k("paused"),
+            ],
+        }
+    }
+
+    pub(crate) fn idempotency(&self, key: &IdempotencyKey) -> String {
+        format!("ferry:{{{}}}:idem:{}", self.queue.as_str(), key.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_queue_shares_its_hash_tag() {
+        let q = QueueKeys::new(&QueueName::parse("emails").unwrap());
+        for k in &q.keys {
+            assert!(k.starts_with("ferry:{emails}:"), "{k}");
+        }
+        let idem = q.idempotency(&IdempotencyKey::parse("order-1").unwrap());
+        assert_eq!(idem, "ferry:{emails}:idem:order-1");
+    }
+}

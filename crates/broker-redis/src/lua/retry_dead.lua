@@ -1,0 +1,19 @@
+-- ARGV: queue, then the ids to retry (none: every dead job). Moves them back to ready with a
+-- fresh attempt budget. Returns how many moved.
+local queue = ARGV[1]
+local ids = {}
+if #ARGV == 1 then
+  ids = redis.call('ZRANGE', K_DEAD, 0, -1)
+else
+  for i = 2, #ARGV do
+    if redis.call('ZSCORE', K_DEAD, ARGV[i]) then ids[#ids + 1] = ARGV[i] end
+  end
+end
+if #ids == 0 then return 0 end
+local was_empty = redis.call('ZCARD', K_READY) == 0
+bulk('ZREM', K_DEAD, ids)
+bulk('HDEL', K_ERR, ids)
+bulk('HDEL', K_ATT, ids)
+to_ready(ids)
+wake_if(was_empty, queue)
+return #ids
