@@ -28,15 +28,14 @@ pub(crate) fn spawn(
             }
             match broker.extend(&refs, lease_for).await {
                 Ok(still) => {
-                    let lost: Vec<_> = refs
-                        .iter()
-                        .zip(still)
-                        .filter(|(_, ok)| !ok)
-                        .map(|(r, _)| *r)
-                        .collect();
+                    let lost = held.lost(
+                        refs.iter()
+                            .zip(still)
+                            .filter(|(_, ok)| !ok)
+                            .map(|(r, _)| *r),
+                    );
                     if !lost.is_empty() {
                         tracing::warn!(count = lost.len(), first = %lost[0].id, "leases lost before heartbeat; another worker may run those jobs");
-                        held.remove(lost);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed; will try again"),

@@ -77,6 +77,7 @@ async fn run(
         if settles.is_empty() {
             continue;
         }
+        held.settling(settles.iter().map(|s| s.lease));
         let outcomes = settle(broker.as_ref(), &settles).await;
         let stale: Vec<_> = settles
             .iter()

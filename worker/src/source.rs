@@ -26,24 +26,55 @@ use tower::layer::util::Identity;
 /// The leases this process holds: heartbeats extend them, settlement removes them.
 #[derive(Clone, Default)]
 pub(crate) struct Held {
-    inner: Arc<Mutex<HashMap<JobId, LeaseRef>>>,
+    /// Each held lease, and whether its settlement has been handed to the broker.
+    inner: Arc<Mutex<HashMap<JobId, (LeaseRef, bool)>>>,
 }
 
 impl Held {
     pub(crate) fn add(&self, leases: &[Lease]) {
         let mut m = self.inner.lock().expect("held-leases lock");
         for l in leases {
-            m.insert(l.job.id, l.to_ref());
+            m.insert(l.job.id, (l.to_ref(), false));
+        }
+    }
+
+    /// The settler is about to settle these: they are still extended until it is done, but a
+    /// heartbeat that finds them gone raced with the settlement, not with another worker.
+    pub(crate) fn settling(&self, refs: impl IntoIterator<Item = LeaseRef>) {
+        let mut m = self.inner.lock().expect("held-leases lock");
+        for r in refs {
+            if let Some((held, settling)) = m.get_mut(&r.id)
+                && *held == r
+            {
+                *settling = true;
+            }
         }
     }
 
     pub(crate) fn remove(&self, refs: impl IntoIterator<Item = LeaseRef>) {
         let mut m = self.inner.lock().expect("held-leases lock");
         for r in refs {
-            if m.get(&r.id) == Some(&r) {
+            if m.get(&r.id).is_some_and(|(held, _)| *held == r) {
                 m.remove(&r.id);
             }
         }
+    }
+
+    /// Forgets leases a heartbeat found lost; returns those that were really lost (not just
+    /// settled while the heartbeat was under way).
+    pub(crate) fn lost(&self, refs: impl IntoIterator<Item = LeaseRef>) -> Vec<LeaseRef> {
+        let mut m = self.inner.lock().expect("held-leases lock");
+        let mut really = Vec::new();
+        for r in refs {
+            if let Some((held, settling)) = m.get(&r.id).copied()
+                && held == r
+                && !settling
+            {
+                m.remove(&r.id);
+                really.push(r);
+            }
+        }
+        really
     }
 
     pub(crate) fn snapshot(&self) -> Vec<LeaseRef> {
@@ -51,7 +82,7 @@ impl Held {
             .lock()
             .expect("held-leases lock")
             .values()
-            .copied()
+            .map(|(r, _)| *r)
             .collect()
     }
 }

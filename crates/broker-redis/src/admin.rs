@@ -23,7 +23,11 @@ pub(crate) async fn stats(shared: &Shared, queue: &QueueName) -> BrokerResult<Qu
     })
 }
 
-pub(crate) async fn set_paused(shared: &Shared, queue: &QueueName, paused: bool) -> BrokerResult<()> {
+pub(crate) async fn set_paused(
+    shared: &Shared,
+    queue: &QueueName,
+    paused: bool,
+) -> BrokerResult<()> {
     shared.register(queue).await?;
     let keys = shared.keys(queue);
     shared

@@ -46,7 +46,8 @@ impl Held {
         let now = UnixMillis::now();
         let mut map = self.lock();
         if map.len() > PRUNE_ABOVE {
-            let cutoff = UnixMillis(now.0 - i64::try_from(ABANDONED_AFTER.as_millis()).unwrap_or(0));
+            let cutoff =
+                UnixMillis(now.0 - i64::try_from(ABANDONED_AFTER.as_millis()).unwrap_or(0));
             map.retain(|_, e| e.touched > cutoff);
         }
         for l in leases {
@@ -61,7 +62,11 @@ impl Held {
     }
 
     /// Groups `refs` by queue: (queue keys, positions in `refs`). Unknown refs are left out.
-    fn group(&self, refs: impl Iterator<Item = LeaseRef>, touch: bool) -> Vec<(Arc<QueueKeys>, Vec<usize>)> {
+    fn group(
+        &self,
+        refs: impl Iterator<Item = LeaseRef>,
+        touch: bool,
+    ) -> Vec<(Arc<QueueKeys>, Vec<usize>)> {
         let now = UnixMillis::now();
         let mut map = self.lock();
         let mut groups: Vec<(Arc<QueueKeys>, Vec<usize>)> = Vec::new();

@@ -118,7 +118,12 @@ impl RedisBroker {
             async move {
                 producer::write(&writer, jobs, ttl_ms)
                     .await
-                    .map_err(|e| Arc::<str>::from(e.to_string()))
+                    .map_err(|e| match e {
+                        BrokerError::Unavailable(m) | BrokerError::Rejected(m) => {
+                            Arc::<str>::from(m)
+                        }
+                        other => Arc::<str>::from(other.to_string()),
+                    })
             }
         });
         let wakeups = Arc::new(Wakeups::default());
@@ -146,7 +151,10 @@ impl RedisBroker {
             QueueSelector::Only(qs) => Ok(qs.clone()),
             QueueSelector::All => {
                 let mut cache = self.inner.all_queues.lock().await;
-                if cache.1.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
+                if cache
+                    .1
+                    .is_none_or(|at| at.elapsed() > Duration::from_secs(1))
+                {
                     let mut conn = self.inner.shared.conn.clone();
                     let names: Vec<String> = redis::cmd("SMEMBERS")
                         .arg(keys::QUEUES)

@@ -10,6 +10,16 @@ use crate::scripts::ENQUEUE;
 use crate::shared::Shared;
 use crate::value::{array, bytes};
 
+/// One job as the enqueue script takes it.
+struct Encoded {
+    id: [u8; 16],
+    env: Vec<u8>,
+    priority: i16,
+    run_at: i64,
+    /// Position of its idempotency key in KEYS (1-based), or 0 for none.
+    key_index: usize,
+}
+
 /// Writes `jobs` (possibly from several callers and queues); one outcome per job, in order.
 pub(crate) async fn write(
     shared: &Shared,
@@ -29,7 +39,7 @@ pub(crate) async fn write(
         shared.register(&queue).await?;
         let keys = shared.keys(&queue);
         let mut extra = Vec::new();
-        let mut args: Vec<(Vec<u8>, Vec<u8>, i16, i64, usize)> = Vec::with_capacity(idx.len());
+        let mut args: Vec<Encoded> = Vec::with_capacity(idx.len());
         for &i in &idx {
             let j = &jobs[i];
             let env = serde_json::to_vec(j)
@@ -41,23 +51,23 @@ pub(crate) async fn write(
                 }
                 None => 0,
             };
-            args.push((
-                j.id.as_uuid().as_bytes().to_vec(),
+            args.push(Encoded {
+                id: *j.id.as_uuid().as_bytes(),
                 env,
-                j.priority,
-                j.run_at.0,
+                priority: j.priority,
+                run_at: j.run_at.0,
                 key_index,
-            ));
+            });
         }
         let reply = shared
             .run(&ENQUEUE, &keys, &extra, |inv| {
                 inv.arg(queue.as_str()).arg(idempotency_ttl_ms);
-                for (id, env, prio, run_at, ki) in &args {
-                    inv.arg(id.as_slice())
-                        .arg(env.as_slice())
-                        .arg(*prio)
-                        .arg(*run_at)
-                        .arg(*ki);
+                for a in &args {
+                    inv.arg(a.id.as_slice())
+                        .arg(a.env.as_slice())
+                        .arg(a.priority)
+                        .arg(a.run_at)
+                        .arg(a.key_index);
                 }
             })
             .await?;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use ferry_broker_redis::{ConnectError, RedisBroker, RedisBrokerConfig};
 use ferry_broker_sqlite::{SqliteBroker, SqliteBrokerConfig};
 use ferry_config::{BrokerUrl, StoreUrl};
 use ferry_core::broker::Broker;
@@ -20,8 +21,17 @@ pub(crate) async fn broker(url: &BrokerUrl) -> anyhow::Result<Arc<dyn Broker>> {
                 .with_context(|| format!("opening the broker at sqlite://{}", path.display()))?;
             Ok(Arc::new(b))
         }
+        BrokerUrl::Redis(url) => match RedisBroker::connect(RedisBrokerConfig::new(url)).await {
+            Ok(b) => Ok(Arc::new(b)),
+            // A malformed URL is the operator's to fix (exit 2); an unreachable server may be
+            // a moment away (exit 1), so supervisors restart us.
+            Err(e @ ConnectError::InvalidUrl(_)) => {
+                Err(UsageError(format!("FERRY_BROKER_URL: {e}")).into())
+            }
+            Err(e) => Err(anyhow::anyhow!("FERRY_BROKER_URL: {e}")),
+        },
         BrokerUrl::Other { scheme, url } => Err(UsageError(format!(
-            "FERRY_BROKER_URL={url:?}: the {scheme} broker is not part of this build yet; use sqlite://PATH (the default)"
+            "FERRY_BROKER_URL={url:?}: the {scheme} broker is not part of this build yet; use sqlite://PATH (the default) or redis://HOST"
         ))
         .into()),
     }

@@ -19,7 +19,11 @@ fn ferry(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
 }
 
 fn assert_one_line(code: i32, stderr: &str, has: &str) {
-    assert_eq!(code, 2, "stderr: {stderr}");
+    assert_one_line_exit(2, code, stderr, has);
+}
+
+fn assert_one_line_exit(want: i32, code: i32, stderr: &str, has: &str) {
+    assert_eq!(code, want, "stderr: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "exactly one line: {stderr:?}");
     assert!(stderr.starts_with("ferry: "), "{stderr:?}");
     assert!(stderr.contains(has), "{stderr:?} lacks {has:?}");
@@ -34,9 +38,9 @@ fn bad_configuration_is_one_line_and_exit_2() {
     assert_one_line(c, &e, "unknown broker scheme 'mongo'");
     let (c, e) = ferry(
         &["worker"],
-        &[("FERRY_BROKER_URL", "redis://127.0.0.1:6379")],
+        &[("FERRY_BROKER_URL", "amqp://127.0.0.1:5672")],
     );
-    assert_one_line(c, &e, "the redis broker is not part of this build yet");
+    assert_one_line(c, &e, "the amqp broker is not part of this build yet");
     let (c, e) = ferry(
         &["dev"],
         &[("FERRY_DATABASE_URL", "postgres://127.0.0.1/test")],
@@ -46,6 +50,30 @@ fn bad_configuration_is_one_line_and_exit_2() {
     assert_one_line(c, &e, "FERRY_WORKER_CONCURRENCY");
     let (c, e) = ferry(&["submit", "noop", "--payload", "{oops"], &[]);
     assert_one_line(c, &e, "--payload is not JSON");
+}
+
+#[test]
+fn bad_redis_urls_are_one_line_not_a_hang() {
+    // Malformed: the operator's to fix, exit 2.
+    let (c, e) = ferry(
+        &["worker"],
+        &[("FERRY_BROKER_URL", "redis://127.0.0.1:notaport")],
+    );
+    assert_one_line(c, &e, "not a valid redis URL");
+    // Nothing listens on port 1: refused at once, exit 1 so a supervisor retries.
+    for cmd in ["worker", "dev"] {
+        let start = std::time::Instant::now();
+        let (c, e) = ferry(&[cmd], &[("FERRY_BROKER_URL", "redis://127.0.0.1:1")]);
+        assert_one_line_exit(1, c, &e, "cannot reach redis at redis://127.0.0.1:1");
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    }
+    // The password never reaches the terminal.
+    let (c, e) = ferry(
+        &["worker"],
+        &[("FERRY_BROKER_URL", "redis://ferry:s3cret@127.0.0.1:1")],
+    );
+    assert_one_line_exit(1, c, &e, "redis://ferry:***@127.0.0.1:1");
+    assert!(!e.contains("s3cret"));
 }
 
 #[test]

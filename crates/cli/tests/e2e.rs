@@ -1,6 +1,9 @@
 //! End to end: the real `ferry dev` binary on a free port with a temp data dir, driven over
 //! HTTP, then killed with SIGKILL mid-run and restarted on the same data: nothing accepted
-//! is lost.
+//! is lost. The same scenario runs on the embedded broker and on a private Redis server; on
+//! Redis, the server itself is also killed and restarted mid-run.
+
+mod support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -14,8 +17,12 @@ struct Dev {
     base: String,
 }
 
-fn start(data: &std::path::Path) -> Dev {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+fn start(data: &std::path::Path, env: &[(&str, String)]) -> Dev {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
         .arg("dev")
         .env("FERRY_LISTEN", "127.0.0.1:0")
         .env("FERRY_DATA_DIR", data)
@@ -153,12 +160,22 @@ async fn wait_final(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousand_jobs_then_sigkill_loses_nothing() {
+async fn embedded_thousand_jobs_then_sigkill_loses_nothing() {
+    thousand_jobs_then_sigkill_loses_nothing(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_thousand_jobs_then_sigkill_loses_nothing() {
+    let redis = support::RedisServer::start();
+    thousand_jobs_then_sigkill_loses_nothing(&[("FERRY_BROKER_URL", redis.url())]).await;
+}
+
+async fn thousand_jobs_then_sigkill_loses_nothing(env: &[(&str, String)]) {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
 
     // Phase 1: 1,000 jobs of four kinds, each reaching its expected end.
-    let dev = start(dir.path());
+    let dev = start(dir.path(), env);
     let submitted = submit_all(&client, &dev.base, 1000, 0).await;
     let ids: HashMap<String, usize> = submitted
         .into_iter()
@@ -180,7 +197,9 @@ async fn thousand_jobs_then_sigkill_loses_nothing() {
         let client = client.clone();
         tokio::spawn(async move { submit_all(&client, &base, 1000, 1000).await })
     };
-    // Kill once a few hundred have been accepted (the work queue is non-empty and running).
+    // Kill once the backlog is well built up (the work queue is non-empty and running). Up to
+    // 16 of those jobs may still have their 202 on the wire when the process dies, so the
+    // client has seen at least 134 accepted.
     let start_kill = Instant::now();
     loop {
         let q: Value = client
@@ -195,7 +214,7 @@ async fn thousand_jobs_then_sigkill_loses_nothing() {
         if s["ready"].as_u64().unwrap()
             + s["leased"].as_u64().unwrap()
             + s["scheduled"].as_u64().unwrap()
-            >= 100
+            >= 150
         {
             break;
         }
@@ -223,10 +242,120 @@ async fn thousand_jobs_then_sigkill_loses_nothing() {
         accepted.len()
     );
 
-    let dev2 = start(dir.path());
+    let dev2 = start(dir.path(), env);
     let finals = wait_final(&client, &dev2.base, &accepted, Duration::from_secs(120)).await;
     assert_eq!(finals.len(), accepted.len(), "0 lost");
     for (id, job) in &finals {
         assert_eq!(job["state"], "succeeded", "job {id} after restart: {job}");
+    }
+}
+
+/// Redis with AOF (`appendfsync always`) is SIGKILLed and restarted while `ferry dev` takes
+/// submissions and runs jobs: submissions during the outage get 503 (never a 2xx that is then
+/// lost), workers back off and resume when Redis returns, and every accepted job succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_with_aof_loses_no_accepted_job() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let mut redis = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = start(dir.path(), &[("FERRY_BROKER_URL", redis.url())]);
+    let client = reqwest::Client::new();
+
+    // Eight submitters post until told to stop: noop and short sleeps, all expected to succeed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted_count = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut submitters = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (client, stop, count, next) = (
+            client.clone(),
+            stop.clone(),
+            accepted_count.clone(),
+            next.clone(),
+        );
+        let url = format!("{}/v1/queues/restart/jobs", dev.base);
+        submitters.spawn(async move {
+            let mut mine = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let body = if i % 2 == 0 {
+                    json!({"kind": "noop"})
+                } else {
+                    json!({"kind": "sleep", "payload": {"ms": 20}})
+                };
+                let r = match client.post(&url).json(&body).send().await {
+                    Ok(resp) if resp.status() == 202 => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        let v: Value = resp.json().await.unwrap();
+                        Ok(v["id"].as_str().unwrap().to_owned())
+                    }
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        let text = resp.text().await.unwrap_or_default();
+                        Err((status, text))
+                    }
+                    Err(e) => Err((0, e.to_string())),
+                };
+                if r.is_err() {
+                    // Refused while Redis is away: don't spin.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                mine.push((i, r));
+            }
+            mine
+        });
+    }
+    let wait_accepted = |n: usize| {
+        let count = accepted_count.clone();
+        async move {
+            let start = Instant::now();
+            while count.load(Ordering::Relaxed) < n {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "stuck below {n} accepted"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_accepted(300).await;
+    redis.kill();
+    let at_kill = accepted_count.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart();
+    // Submissions resume once Redis is back.
+    wait_accepted(at_kill + 300).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut accepted = HashMap::new();
+    let mut refused = 0;
+    while let Some(r) = submitters.join_next().await {
+        for (i, r) in r.unwrap() {
+            match r {
+                Ok(id) => {
+                    accepted.insert(id, i);
+                }
+                Err((status, body)) => {
+                    refused += 1;
+                    assert_eq!(status, 503, "refusals are 503, got {status}: {body}");
+                    assert!(body.contains("urn:ferry:problem:"), "problem+json: {body}");
+                }
+            }
+        }
+    }
+    assert!(
+        refused > 0,
+        "the outage refused nothing: did Redis really go away?"
+    );
+    eprintln!(
+        "redis restart: {} accepted, {refused} refused with 503 during the outage",
+        accepted.len()
+    );
+    let finals = wait_final(&client, &dev.base, &accepted, Duration::from_secs(120)).await;
+    assert_eq!(finals.len(), accepted.len(), "0 lost");
+    for (id, job) in &finals {
+        assert_eq!(job["state"], "succeeded", "job {id}: {job}");
     }
 }

@@ -71,8 +71,10 @@ fn millis(env: &dyn Env, var: &'static str, default_ms: u64) -> Result<Duration,
 pub enum BrokerUrl {
     /// `sqlite://PATH` (the embedded default: `sqlite://$FERRY_DATA_DIR/broker.db`).
     Sqlite(PathBuf),
-    /// `redis://...`, `amqp://...`, `kafka://...`: recognised, served by broker crates that
-    /// are not part of this build yet.
+    /// `redis://[user:pass@]host[:port][/db]` or `rediss://...` (TLS).
+    Redis(String),
+    /// `amqp://...`, `kafka://...`: recognised, served by broker crates that are not part of
+    /// this build yet.
     Other { scheme: String, url: String },
 }
 
@@ -116,7 +118,8 @@ impl BrokerUrl {
         let (scheme, rest) = split_url(VAR, url)?;
         match scheme.as_str() {
             "sqlite" => Ok(Self::Sqlite(sqlite_path(VAR, url, &rest)?)),
-            "redis" | "rediss" | "amqp" | "amqps" | "kafka" => Ok(Self::Other {
+            "redis" | "rediss" => Ok(Self::Redis(url.into())),
+            "amqp" | "amqps" | "kafka" => Ok(Self::Other {
                 scheme,
                 url: url.into(),
             }),
@@ -343,8 +346,12 @@ mod tests {
             BrokerUrl::parse("sqlite:///tmp/b.db").unwrap(),
             BrokerUrl::Sqlite(PathBuf::from("/tmp/b.db"))
         );
-        assert!(matches!(
+        assert_eq!(
             BrokerUrl::parse("redis://127.0.0.1:6379").unwrap(),
+            BrokerUrl::Redis("redis://127.0.0.1:6379".into())
+        );
+        assert!(matches!(
+            BrokerUrl::parse("kafka://127.0.0.1:9092").unwrap(),
             BrokerUrl::Other { .. }
         ));
         assert!(BrokerUrl::parse("127.0.0.1:6379").is_err());
