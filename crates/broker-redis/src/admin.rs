@@ -3,6 +3,7 @@
 use ferry_core::broker::{BrokerError, BrokerResult, DeadJob, QueueStats};
 use ferry_core::{JobEnvelope, JobId, QueueName};
 
+use crate::keys::{envelope_json, id_bytes};
 use crate::scripts::{DEAD_JOBS, PAUSE, RETRY_DEAD, STATS};
 use crate::shared::Shared;
 use crate::value::{array, bytes, unsigned};
@@ -56,7 +57,10 @@ pub(crate) async fn dead_jobs(
     let mut out = Vec::new();
     while let (Some(env), Some(att), Some(err)) = (items.next(), items.next(), items.next()) {
         let raw = bytes(env, "dead job")?;
-        let mut job: JobEnvelope = serde_json::from_slice(&raw).map_err(|e| {
+        let json = envelope_json(&raw).ok_or_else(|| {
+            BrokerError::Unavailable("redis: a stored job has no priority head".into())
+        })?;
+        let mut job: JobEnvelope = serde_json::from_slice(json).map_err(|e| {
             BrokerError::Unavailable(format!("redis: a stored job does not decode: {e}"))
         })?;
         job.attempt = u32::try_from(unsigned(&att, "attempts")?).unwrap_or(u32::MAX);
@@ -79,7 +83,7 @@ pub(crate) async fn retry_dead(
         .run(&RETRY_DEAD, &keys, &[], |inv| {
             inv.arg(queue.as_str());
             for id in ids.unwrap_or_default() {
-                inv.arg(id.as_uuid().as_bytes().as_slice());
+                inv.arg(id_bytes(*id).as_slice());
             }
         })
         .await?;

@@ -16,7 +16,7 @@ use ferry_core::broker::{
 };
 use ferry_core::{JobEnvelope, QueueName, UnixMillis};
 
-use crate::keys::QueueKeys;
+use crate::keys::{QueueKeys, envelope_json, lease_member};
 use crate::scripts::{EXTEND, LEASE, SETTLE};
 use crate::shared::Shared;
 use crate::value::{array, bytes, int, unsigned};
@@ -138,7 +138,10 @@ pub(crate) async fn lease(
         let mut got = Vec::with_capacity(items.len() / 3);
         while let (Some(env), Some(att), Some(tok)) = (items.next(), items.next(), items.next()) {
             let raw = bytes(env, "leased job")?;
-            let mut job: JobEnvelope = serde_json::from_slice(&raw).map_err(|e| {
+            let json = envelope_json(&raw).ok_or_else(|| {
+                BrokerError::Unavailable("redis: a stored job has no priority head".into())
+            })?;
+            let mut job: JobEnvelope = serde_json::from_slice(json).map_err(|e| {
                 BrokerError::Unavailable(format!("redis: a stored job does not decode: {e}"))
             })?;
             job.attempt = u32::try_from(unsigned(&att, "attempt")?).unwrap_or(u32::MAX);
@@ -168,8 +171,7 @@ pub(crate) async fn extend(
             .run(&EXTEND, &keys, &[], |inv| {
                 inv.arg(lease_ms);
                 for &i in &idx {
-                    inv.arg(leases[i].id.as_uuid().as_bytes().as_slice())
-                        .arg(leases[i].token.0);
+                    inv.arg(lease_member(&leases[i]));
                 }
             })
             .await?;
@@ -206,11 +208,7 @@ pub(crate) async fn settle(
                         Settlement::Retry { at, error } => ("r", at.0, error.as_str()),
                         Settlement::Dead { error } => ("d", 0, error.as_str()),
                     };
-                    inv.arg(kind)
-                        .arg(s.lease.id.as_uuid().as_bytes().as_slice())
-                        .arg(s.lease.token.0)
-                        .arg(at)
-                        .arg(error);
+                    inv.arg(kind).arg(lease_member(&s.lease)).arg(at).arg(error);
                 }
             })
             .await?;

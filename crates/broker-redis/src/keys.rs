@@ -14,7 +14,7 @@ pub(crate) const WAKE_CHANNEL: &str = "ferry:wake";
 #[derive(Debug)]
 pub(crate) struct QueueKeys {
     pub(crate) queue: QueueName,
-    pub(crate) keys: [String; 11],
+    pub(crate) keys: [String; 8],
 }
 
 impl QueueKeys {
@@ -28,9 +28,6 @@ impl QueueKeys {
                 k("leased"),
                 k("dead"),
                 k("jobs"),
-                k("att"),
-                k("tok"),
-                k("pri"),
                 k("err"),
                 k("fence"),
                 k("paused"),
@@ -41,6 +38,24 @@ impl QueueKeys {
     pub(crate) fn idempotency(&self, key: &IdempotencyKey) -> String {
         format!("ferry:{{{}}}:idem:{}", self.queue.as_str(), key.as_str())
     }
+}
+
+/// A job's id as stored: its 16 raw UUID bytes.
+pub(crate) fn id_bytes(id: ferry_core::JobId) -> [u8; 16] {
+    *id.as_uuid().as_bytes()
+}
+
+/// A lease as the `leased` set holds it: the id's bytes, then the token in decimal.
+pub(crate) fn lease_member(lease: &ferry_core::broker::LeaseRef) -> Vec<u8> {
+    let mut m = id_bytes(lease.id).to_vec();
+    m.extend_from_slice(lease.token.0.to_string().as_bytes());
+    m
+}
+
+/// Strips the `priority "\n"` head the `jobs` hash keeps before each envelope.
+pub(crate) fn envelope_json(stored: &[u8]) -> Option<&[u8]> {
+    let nl = stored.iter().position(|b| *b == b'\n')?;
+    Some(&stored[nl + 1..])
 }
 
 #[cfg(test)]

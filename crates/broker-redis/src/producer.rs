@@ -6,6 +6,7 @@ use ferry_core::{JobEnvelope, JobId};
 use redis::Value;
 use uuid::Uuid;
 
+use crate::keys::id_bytes;
 use crate::scripts::ENQUEUE;
 use crate::shared::Shared;
 use crate::value::{array, bytes};
@@ -39,10 +40,19 @@ pub(crate) async fn write(
         shared.register(&queue).await?;
         let keys = shared.keys(&queue);
         let mut extra = Vec::new();
-        let mut args: Vec<Encoded> = Vec::with_capacity(idx.len());
-        for &i in &idx {
+        // Plain jobs (priority 0, no delay, no idempotency key) travel as two values each and
+        // the script stores them without making a string per job; the rest carry five.
+        let (plain, full): (Vec<usize>, Vec<usize>) = idx.iter().partition(|&&i| {
             let j = &jobs[i];
-            let env = serde_json::to_vec(j)
+            j.priority == 0 && j.idempotency_key.is_none() && j.run_at <= j.created_at
+        });
+        let mut args: Vec<Encoded> = Vec::with_capacity(idx.len());
+        for &i in plain.iter().chain(&full) {
+            let j = &jobs[i];
+            // The stored value is `priority "\n" JSON`: scripts read the priority without
+            // decoding JSON when a job goes back to ready.
+            let mut env = format!("{}\n", j.priority).into_bytes();
+            serde_json::to_writer(&mut env, j)
                 .map_err(|e| BrokerError::Rejected(format!("cannot encode job {}: {e}", j.id)))?;
             let key_index = match &j.idempotency_key {
                 Some(k) => {
@@ -52,7 +62,7 @@ pub(crate) async fn write(
                 None => 0,
             };
             args.push(Encoded {
-                id: *j.id.as_uuid().as_bytes(),
+                id: id_bytes(j.id),
                 env,
                 priority: j.priority,
                 run_at: j.run_at.0,
@@ -61,25 +71,32 @@ pub(crate) async fn write(
         }
         let reply = shared
             .run(&ENQUEUE, &keys, &extra, |inv| {
-                inv.arg(queue.as_str()).arg(idempotency_ttl_ms);
-                for a in &args {
-                    inv.arg(a.id.as_slice())
-                        .arg(a.env.as_slice())
-                        .arg(a.priority)
-                        .arg(a.run_at)
-                        .arg(a.key_index);
+                inv.arg(queue.as_str())
+                    .arg(idempotency_ttl_ms)
+                    .arg(plain.len());
+                for (n, a) in args.iter().enumerate() {
+                    inv.arg(a.id.as_slice()).arg(a.env.as_slice());
+                    if n >= plain.len() {
+                        inv.arg(a.priority).arg(a.run_at).arg(a.key_index);
+                    }
                 }
             })
             .await?;
+        for &i in &plain {
+            out[i] = Some(EnqueueOutcome {
+                id: jobs[i].id,
+                duplicate: false,
+            });
+        }
         let results = array(reply, "enqueue")?;
-        if results.len() != idx.len() {
+        if results.len() != full.len() {
             return Err(BrokerError::Unavailable(format!(
                 "redis: enqueue answered {} results for {} jobs",
                 results.len(),
-                idx.len()
+                full.len()
             )));
         }
-        for (&i, r) in idx.iter().zip(results) {
+        for (&i, r) in full.iter().zip(results) {
             out[i] = Some(match r {
                 Value::Int(_) => EnqueueOutcome {
                     id: jobs[i].id,

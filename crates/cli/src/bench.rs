@@ -19,8 +19,8 @@ use crate::{UsageError, open};
 enum Which {
     /// Batch enqueue straight into the broker.
     Enqueue,
-    /// Run a pre-filled backlog of no-op jobs to completion (leases, fencing, acks and
-    /// history recording all on).
+    /// Run a pre-filled backlog of no-op jobs to completion (leases, fencing and acks on;
+    /// history as `--store` says).
     Drain,
     /// Enqueue at a steady rate and measure enqueue -> handler start.
     Latency,
@@ -44,6 +44,16 @@ pub(crate) struct BenchArgs {
     /// Jobs per second for `latency`.
     #[arg(long, default_value_t = 1_000)]
     rate: u64,
+    /// Where the worker records history: `sqlite` (a fresh file) or `none` (history off, to
+    /// measure dispatch alone).
+    #[arg(long, value_enum, default_value_t = BenchStore::Sqlite)]
+    store: BenchStore,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchStore {
+    Sqlite,
+    None,
 }
 
 struct Progress {
@@ -147,7 +157,10 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         None => BrokerUrl::Sqlite(tmp.join("broker.db")),
     };
     let broker = open::broker(&broker_url).await?;
-    let store = open::store(&StoreUrl::Sqlite(tmp.join("store.db"))).await?;
+    let store: Arc<dyn ferry_core::store::Store> = match a.store {
+        BenchStore::Sqlite => open::store(&StoreUrl::Sqlite(tmp.join("store.db"))).await?,
+        BenchStore::None => Arc::new(ferry_store::DiscardStore),
+    };
     let queue = QueueName::parse(&format!("bench-{}", std::process::id())).expect("valid");
     let line = match a.which {
         Which::Enqueue => {
@@ -242,6 +255,7 @@ async fn latency(
         queues: QueueSelector::Only(vec![queue.clone()]),
         ..WorkerOptions::default()
     };
+    let store_name = store.name();
     let worker = tokio::spawn(Worker::new(broker.clone(), store, reg, opts).run(stop.clone()));
     let p = Progress::new("latency", a.jobs);
     let kind = JobKind::parse("bench.latency").expect("kind");
@@ -282,7 +296,7 @@ async fn latency(
         v[idx.min(v.len() - 1)] as f64 / 1000.0
     };
     Ok(
-        serde_json::json!({"bench":"latency","broker":broker.name(),"jobs":a.jobs,"rate":a.rate,"concurrency":a.concurrency,"seconds":secs,"p50_ms":pct(0.50),"p99_ms":pct(0.99),"max_ms":pct(1.0)}),
+        serde_json::json!({"bench":"latency","broker":broker.name(),"store":store_name,"jobs":a.jobs,"rate":a.rate,"concurrency":a.concurrency,"seconds":secs,"p50_ms":pct(0.50),"p99_ms":pct(0.99),"max_ms":pct(1.0)}),
     )
 }
 

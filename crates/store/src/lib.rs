@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+mod discard;
 mod sqlite;
 
+pub use discard::DiscardStore;
 pub use sqlite::{SqliteStore, SqliteStoreConfig};

@@ -1,27 +1,33 @@
--- Shared by every Ferry script. KEYS[1..11] are one queue's keys, all with the same hash tag
+-- Shared by every Ferry script. KEYS[1..8] are one queue's keys, all with the same hash tag
 -- so that they live in one Redis Cluster slot:
---   1 ready  (zset: score -priority, member id; ties break on the id, which is time-ordered)
---   2 sched  (zset: score run_at ms, member id)
---   3 leased (zset: score lease expiry ms, member id)
---   4 dead   (zset: score dead-at ms, member id)
---   5 jobs   (hash: id -> envelope JSON)
---   6 att    (hash: id -> deliveries so far)
---   7 tok    (hash: id -> current fencing token, only while leased)
---   8 pri    (hash: id -> priority, only when not 0)
---   9 err    (hash: id -> last error, only while dead)
---  10 fence  (string: the queue's token counter)
---  11 paused (string: present while the queue is paused)
--- Member ids are the 16 raw bytes of the job's UUIDv7.
+--   1 ready  (zset: score -priority; member id .. attempts, or just id for 0 attempts)
+--   2 sched  (zset: score run_at ms; member as in ready)
+--   3 leased (zset: score lease expiry ms; member id .. token)
+--   4 dead   (zset: score dead-at ms; member id)
+--   5 jobs   (hash: id -> priority .. "\n" .. envelope JSON)
+--   6 err    (hash: id -> attempts .. "\n" .. last error, only while dead)
+--   7 fence  (string: the queue's lease counter)
+--   8 paused (string: present while the queue is paused)
+-- An id is the 16 raw bytes of the job's UUIDv7, so ties in `ready` break oldest first.
+-- Attempts and tokens are decimal text after the id. A token is lease_no * 65536 + attempts
+-- (attempts saturate at 65535): it grows with every lease of a job, and it carries the
+-- attempt count while the job is leased, so that per job the hot path touches only the job
+-- hash and the three sets (no per-job token or attempt fields to write and delete).
 local K_READY, K_SCHED, K_LEASED, K_DEAD = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_JOBS, K_ATT, K_TOK, K_PRI, K_ERR = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local K_FENCE, K_PAUSED = KEYS[10], KEYS[11]
+local K_JOBS, K_ERR, K_FENCE, K_PAUSED = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 
 -- Lua's unpack has a stack limit (about 8,000 values): every variadic call goes in chunks.
 local CHUNK = 4000
+local TOKEN_SPLIT = 65536
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Integers as exact decimal text (tostring would switch to exponent form past 1e14).
+local function fmt(n)
+  return string.format('%.0f', n)
 end
 
 -- cmd key [opt] args... in chunks; `args` is flat and pairs never straddle a chunk.
@@ -37,34 +43,52 @@ local function bulk(cmd, key, args, opt)
   end
 end
 
-local function hmget(key, ids)
+-- A variadic read (HMGET, ZMSCORE) in chunks, results concatenated.
+local function multi(cmd, key, args)
   local out = {}
-  local n = #ids
+  local n = #args
   for i = 1, n, CHUNK do
-    local part = redis.call('HMGET', key, unpack(ids, i, math.min(i + CHUNK - 1, n)))
+    local part = redis.call(cmd, key, unpack(args, i, math.min(i + CHUNK - 1, n)))
     for k = 1, #part do out[#out + 1] = part[k] end
   end
   return out
 end
 
--- Makes `ids` ready again at their own priority.
-local function to_ready(ids)
-  if #ids == 0 then return end
-  local pr = hmget(K_PRI, ids)
-  local args = {}
-  for i = 1, #ids do
-    args[#args + 1] = -(tonumber(pr[i]) or 0)
-    args[#args + 1] = ids[i]
+-- Splits "<16-byte id><decimal>" members.
+local function split(members)
+  local ids, nums = {}, {}
+  for i = 1, #members do
+    ids[i] = string.sub(members[i], 1, 16)
+    nums[i] = tonumber(string.sub(members[i], 17)) or 0
   end
-  bulk('ZADD', K_READY, args)
+  return ids, nums
 end
 
--- Forgets everything about `ids` but their idempotency keys (which expire on their own).
-local function forget(ids)
+-- A ready or scheduled member: the bare id for a job never delivered.
+local function waiting(id, att)
+  if att == 0 then return id end
+  return id .. fmt(att)
+end
+
+-- "<decimal>\n<rest>" -> number, rest
+local function head(v)
+  local p = string.find(v, '\n', 1, true)
+  return tonumber(string.sub(v, 1, p - 1)), string.sub(v, p + 1)
+end
+
+-- Makes `ids` ready again with `atts` attempts so far, at their own priority.
+local function to_ready(ids, atts)
   if #ids == 0 then return end
-  bulk('HDEL', K_JOBS, ids)
-  bulk('HDEL', K_ATT, ids)
-  bulk('HDEL', K_PRI, ids)
+  local vals = multi('HMGET', K_JOBS, ids)
+  local args = {}
+  for i = 1, #ids do
+    if vals[i] then
+      local prio = head(vals[i])
+      args[#args + 1] = -prio
+      args[#args + 1] = waiting(ids[i], atts[i])
+    end
+  end
+  bulk('ZADD', K_READY, args)
 end
 
 -- Tells idle consumers (in any process) that `queue` has work, but only on the edge from

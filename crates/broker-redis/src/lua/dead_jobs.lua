@@ -1,12 +1,14 @@
--- ARGV: limit. Returns {env1, attempts1, error1, ...}, oldest first.
+-- ARGV: limit. Returns {value1, attempts1, error1, ...}, oldest first.
 local ids = redis.call('ZRANGE', K_DEAD, 0, tonumber(ARGV[1]) - 1)
-local envs, atts, errs = hmget(K_JOBS, ids), hmget(K_ATT, ids), hmget(K_ERR, ids)
+local vals, errs = multi('HMGET', K_JOBS, ids), multi('HMGET', K_ERR, ids)
 local out = {}
 for i = 1, #ids do
-  if envs[i] then
-    out[#out + 1] = envs[i]
-    out[#out + 1] = tonumber(atts[i]) or 0
-    out[#out + 1] = errs[i] or ''
+  if vals[i] then
+    local att, err = 0, ''
+    if errs[i] then att, err = head(errs[i]) end
+    out[#out + 1] = vals[i]
+    out[#out + 1] = att
+    out[#out + 1] = err
   end
 end
 return out

@@ -1,16 +1,29 @@
--- ARGV: queue, idempotency ttl ms, then 5 per job: id, envelope, priority, run_at ms,
--- index into KEYS of its idempotency key (0 for none).
--- Returns one value per job: 1 when enqueued, or the original id when a duplicate.
-local queue, ttl = ARGV[1], ARGV[2]
+-- ARGV: queue, idempotency ttl ms, count of plain jobs, then
+--   per plain job (priority 0, due now, no idempotency key; the common case) 2 values:
+--   id, stored value (priority "\n" JSON);
+--   per other job 5 values: id, stored value, priority, run_at ms, index into KEYS of its
+--   idempotency key (0 for none).
+-- Returns one value per other job: 1 when enqueued, or the original id when a duplicate
+-- (plain jobs cannot be duplicates).
+local queue, ttl, np = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local was_empty = redis.call('ZCARD', K_READY) == 0
+local out, jobs, ready, sched = {}, {}, {}, {}
+local plain_end = 3 + 2 * np
+if np > 0 then
+  -- Plain jobs go in straight from ARGV: no per-job strings are made here.
+  for i = 4, plain_end, CHUNK do
+    redis.call('HSET', K_JOBS, unpack(ARGV, i, math.min(i + CHUNK - 1, plain_end)))
+  end
+  for i = 4, plain_end, 2 do
+    ready[#ready + 1] = 0
+    ready[#ready + 1] = ARGV[i]
+  end
+end
 local first = redis.call('ZRANGE', K_SCHED, 0, 0, 'WITHSCORES')
 local earliest = tonumber(first[2])
-local out, jobs, pri, ready, sched = {}, {}, {}, {}, {}
 local wake_sched = false
-local n = (#ARGV - 2) / 5
-for j = 1, n do
-  local b = 2 + (j - 1) * 5
+for b = plain_end, #ARGV - 1, 5 do
   local id, prio, run_at, ki = ARGV[b + 1], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
   local original = false
   if ki > 0 then
@@ -18,15 +31,11 @@ for j = 1, n do
     if not original then redis.call('SET', KEYS[ki], id, 'PX', ttl) end
   end
   if original then
-    out[j] = original
+    out[#out + 1] = original
   else
-    out[j] = 1
+    out[#out + 1] = 1
     jobs[#jobs + 1] = id
     jobs[#jobs + 1] = ARGV[b + 2]
-    if prio ~= 0 then
-      pri[#pri + 1] = id
-      pri[#pri + 1] = prio
-    end
     if run_at > now then
       sched[#sched + 1] = run_at
       sched[#sched + 1] = id
@@ -38,7 +47,6 @@ for j = 1, n do
   end
 end
 bulk('HSET', K_JOBS, jobs)
-bulk('HSET', K_PRI, pri)
 bulk('ZADD', K_READY, ready)
 bulk('ZADD', K_SCHED, sched)
 -- A new earliest scheduled job wakes consumers so that they learn when to look next.

@@ -1,16 +1,15 @@
--- ARGV: lease ms, then id, token pairs. Returns 1 per lease still held (now extended), else 0.
+-- ARGV: lease ms, then lease members (id .. token). Returns 1 per lease still held (now
+-- extended), else 0.
 local until_ = now_ms() + tonumber(ARGV[1])
-local ids, toks = {}, {}
-for i = 2, #ARGV, 2 do
-  ids[#ids + 1] = ARGV[i]
-  toks[#toks + 1] = ARGV[i + 1]
-end
-local cur = hmget(K_TOK, ids)
+local members = {}
+for i = 2, #ARGV do members[#members + 1] = ARGV[i] end
+local scores = multi('ZMSCORE', K_LEASED, members)
 local out, z = {}, {}
-for i = 1, #ids do
-  if cur[i] == toks[i] then
+for i = 1, #members do
+  if scores[i] then
     out[i] = 1
-    z[#z + 1] = until_; z[#z + 1] = ids[i]
+    z[#z + 1] = until_
+    z[#z + 1] = members[i]
   else
     out[i] = 0
   end

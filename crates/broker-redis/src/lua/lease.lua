@@ -1,43 +1,44 @@
 -- ARGV: lease ms, max jobs.
--- Returns {lease_until, next_due, env1, attempt1, token1, env2, ...}; next_due is the earliest
--- time a scheduled job or a lease expiry may make more work due (0 when none is known).
+-- Returns {lease_until, next_due, value1, attempt1, token1, value2, ...}; next_due is the
+-- earliest time a scheduled job or a lease expiry may make more work due (0: none known).
 local lease_ms, max = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
 -- Jobs whose holder stopped heartbeating are due again; the next lease gets a newer token.
 local expired = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'LIMIT', 0, 1000)
 if #expired > 0 then
   bulk('ZREM', K_LEASED, expired)
-  bulk('HDEL', K_TOK, expired)
-  to_ready(expired)
+  local ids, toks = split(expired)
+  for i = 1, #toks do toks[i] = toks[i] % TOKEN_SPLIT end
+  to_ready(ids, toks)
 end
 local due = redis.call('ZRANGEBYSCORE', K_SCHED, '-inf', now, 'LIMIT', 0, 1000)
 if #due > 0 then
   bulk('ZREM', K_SCHED, due)
-  to_ready(due)
+  to_ready(split(due))
 end
 local until_ = now + lease_ms
 local out = {until_, 0}
 if redis.call('EXISTS', K_PAUSED) == 0 and max > 0 then
   local popped = redis.call('ZPOPMIN', K_READY, max)
-  local ids = {}
-  for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
-  if #ids > 0 then
+  local members = {}
+  for i = 1, #popped, 2 do members[#members + 1] = popped[i] end
+  if #members > 0 then
+    local ids, atts = split(members)
     local base = redis.call('INCRBY', K_FENCE, #ids) - #ids
-    local envs, atts = hmget(K_JOBS, ids), hmget(K_ATT, ids)
-    local z, t, a = {}, {}, {}
+    local vals = multi('HMGET', K_JOBS, ids)
+    local z = {}
     for i = 1, #ids do
-      local id = ids[i]
-      if envs[i] then
-        local att, tok = (tonumber(atts[i]) or 0) + 1, base + i
-        z[#z + 1] = until_; z[#z + 1] = id
-        t[#t + 1] = id; t[#t + 1] = tok
-        a[#a + 1] = id; a[#a + 1] = att
-        out[#out + 1] = envs[i]; out[#out + 1] = att; out[#out + 1] = tok
+      if vals[i] then
+        local att = atts[i] + 1
+        local tok = (base + i) * TOKEN_SPLIT + math.min(att, TOKEN_SPLIT - 1)
+        z[#z + 1] = until_
+        z[#z + 1] = ids[i] .. fmt(tok)
+        out[#out + 1] = vals[i]
+        out[#out + 1] = att
+        out[#out + 1] = tok
       end
     end
     bulk('ZADD', K_LEASED, z)
-    bulk('HSET', K_TOK, t)
-    bulk('HSET', K_ATT, a)
   end
 end
 local next_due = 0
