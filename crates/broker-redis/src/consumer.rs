@@ -16,7 +16,7 @@ use ferry_core::broker::{
 };
 use ferry_core::{JobEnvelope, QueueName, UnixMillis};
 
-use crate::keys::{QueueKeys, envelope_json, lease_member};
+use crate::keys::{QueueKeys, envelope_json, id_bytes, lease_member};
 use crate::scripts::{EXTEND, LEASE, SETTLE};
 use crate::shared::Shared;
 use crate::value::{array, bytes, int, unsigned};
@@ -198,21 +198,40 @@ pub(crate) async fn settle(
 ) -> BrokerResult<Vec<SettleOutcome>> {
     let mut out = vec![SettleOutcome::Stale; batch.len()];
     for (keys, idx) in held.group(batch.iter().map(|s| s.lease), false) {
+        // Acks first, as two blocks (members, then ids) the script can hand to Redis as they
+        // are; then retries and dead letters, four values each.
+        let (acks, others): (Vec<usize>, Vec<usize>) = idx
+            .iter()
+            .partition(|&&i| batch[i].settlement == Settlement::Ack);
         let reply = shared
             .run(&SETTLE, &keys, &[], |inv| {
-                inv.arg(keys.queue.as_str()).arg(dead_max);
-                for &i in &idx {
+                inv.arg(keys.queue.as_str()).arg(dead_max).arg(acks.len());
+                for &i in &acks {
+                    inv.arg(lease_member(&batch[i].lease));
+                }
+                for &i in &acks {
+                    inv.arg(id_bytes(batch[i].lease.id).as_slice());
+                }
+                for &i in &others {
                     let s = &batch[i];
                     let (kind, at, error) = match &s.settlement {
-                        Settlement::Ack => ("a", 0, ""),
                         Settlement::Retry { at, error } => ("r", at.0, error.as_str()),
                         Settlement::Dead { error } => ("d", 0, error.as_str()),
+                        Settlement::Ack => unreachable!("acks were partitioned out"),
                     };
                     inv.arg(kind).arg(lease_member(&s.lease)).arg(at).arg(error);
                 }
             })
             .await?;
-        for (&i, v) in idx.iter().zip(array(reply, "settle")?) {
+        let results = array(reply, "settle")?;
+        if results.len() != idx.len() {
+            return Err(BrokerError::Unavailable(format!(
+                "redis: settle answered {} results for {} settlements",
+                results.len(),
+                idx.len()
+            )));
+        }
+        for (&i, v) in acks.iter().chain(&others).zip(results) {
             if int(&v, "settle")? == 1 {
                 out[i] = SettleOutcome::Applied;
             }

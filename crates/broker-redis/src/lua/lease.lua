@@ -19,9 +19,9 @@ end
 local until_ = now + lease_ms
 local out = {until_, 0}
 if redis.call('EXISTS', K_PAUSED) == 0 and max > 0 then
-  local popped = redis.call('ZPOPMIN', K_READY, max)
-  local members = {}
-  for i = 1, #popped, 2 do members[#members + 1] = popped[i] end
+  -- ZRANGE + ZREMRANGEBYRANK rather than ZPOPMIN: no score strings to make per job.
+  local members = redis.call('ZRANGE', K_READY, 0, max - 1)
+  if #members > 0 then redis.call('ZREMRANGEBYRANK', K_READY, 0, #members - 1) end
   if #members > 0 then
     local ids, atts = split(members)
     local base = redis.call('INCRBY', K_FENCE, #ids) - #ids
