@@ -110,9 +110,24 @@ fn main() -> anyhow::Result<()> {
             vec![
                 "drain".into(),
                 "--jobs".into(),
-                jobs,
+                jobs.clone(),
                 "--concurrency".into(),
                 "50".into(),
+            ],
+            vec!["jobs_per_s"],
+        ),
+        (
+            // Dispatch alone: leases, fencing and acks on, history off (as BullMQ runs with
+            // removeOnComplete), at the worker concurrency the worker issue names.
+            "drain-no-history",
+            vec![
+                "drain".into(),
+                "--jobs".into(),
+                jobs,
+                "--concurrency".into(),
+                "1000".into(),
+                "--store".into(),
+                "none".into(),
             ],
             vec!["jobs_per_s"],
         ),

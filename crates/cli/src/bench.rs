@@ -168,6 +168,7 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
             let start = Instant::now();
             enqueue_backlog(&broker, &queue, a.jobs, a.batch, a.concurrency, &p).await?;
             let secs = start.elapsed().as_secs_f64();
+            drain_quietly(&broker, &queue).await?;
             serde_json::json!({"bench":"enqueue","broker":broker.name(),"jobs":a.jobs,"concurrency":a.concurrency,"batch":a.batch,"seconds":secs,"jobs_per_s":a.jobs as f64 / secs})
         }
         Which::Drain => {
@@ -217,6 +218,28 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     println!("{line}");
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+/// Leases and acks whatever is left in `queue`, so that a benchmark against a shared server
+/// (Redis) does not leave its jobs behind.
+async fn drain_quietly(broker: &Arc<dyn Broker>, queue: &QueueName) -> anyhow::Result<()> {
+    let only = QueueSelector::Only(vec![queue.clone()]);
+    loop {
+        let leases = broker
+            .lease(&only, 5_000, Duration::from_secs(60), "bench-cleanup")
+            .await?;
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let acks: Vec<_> = leases
+            .iter()
+            .map(|l| ferry_core::broker::Settle {
+                lease: l.to_ref(),
+                settlement: ferry_core::broker::Settlement::Ack,
+            })
+            .collect();
+        broker.settle(&acks).await?;
+    }
 }
 
 fn micros_now() -> u64 {
