@@ -35,6 +35,9 @@ struct Entry {
 }
 
 const PRUNE_ABOVE: usize = 200_000;
+
+/// Tokens are `lease_no * TOKEN_SPLIT + attempts` (see `lua/common.lua`).
+const TOKEN_SPLIT: u64 = 65_536;
 const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 
 impl Held {
@@ -127,16 +130,18 @@ pub(crate) async fn lease(
             })
             .await?;
         let mut items = array(reply, "lease")?.into_iter();
-        let (Some(until), Some(due)) = (items.next(), items.next()) else {
+        let (Some(until), Some(due), Some(lease_no)) = (items.next(), items.next(), items.next())
+        else {
             return Err(BrokerError::Unavailable("redis: short lease reply".into()));
         };
         let expires_at = UnixMillis(int(&until, "lease expiry")?);
         let due = int(&due, "next due")?;
+        let lease_no = unsigned(&lease_no, "lease number")?;
         if due > 0 && (next_due == 0 || due < next_due) {
             next_due = due;
         }
-        let mut got = Vec::with_capacity(items.len() / 3);
-        while let (Some(env), Some(att), Some(tok)) = (items.next(), items.next(), items.next()) {
+        let mut got = Vec::with_capacity(items.len() / 2);
+        while let (Some(env), Some(att)) = (items.next(), items.next()) {
             let raw = bytes(env, "leased job")?;
             let json = envelope_json(&raw).ok_or_else(|| {
                 BrokerError::Unavailable("redis: a stored job has no priority head".into())
@@ -144,10 +149,12 @@ pub(crate) async fn lease(
             let mut job: JobEnvelope = serde_json::from_slice(json).map_err(|e| {
                 BrokerError::Unavailable(format!("redis: a stored job does not decode: {e}"))
             })?;
-            job.attempt = u32::try_from(unsigned(&att, "attempt")?).unwrap_or(u32::MAX);
+            let attempt = unsigned(&att, "attempt")?;
+            job.attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
             got.push(Lease {
                 job: Arc::new(job),
-                token: FencingToken(unsigned(&tok, "token")?),
+                // Must match the member the script stored (see lua/common.lua).
+                token: FencingToken(lease_no * TOKEN_SPLIT + attempt.min(TOKEN_SPLIT - 1)),
                 expires_at,
             });
         }

@@ -10,9 +10,10 @@
 --   8 paused (string: present while the queue is paused)
 -- An id is the 16 raw bytes of the job's UUIDv7, so ties in `ready` break oldest first.
 -- Attempts and tokens are decimal text after the id. A token is lease_no * 65536 + attempts
--- (attempts saturate at 65535): it grows with every lease of a job, and it carries the
--- attempt count while the job is leased, so that per job the hot path touches only the job
--- hash and the three sets (no per-job token or attempt fields to write and delete).
+-- (attempts saturate at 65535), where lease_no counts lease calls on the queue: it grows
+-- with every lease of a job, and it carries the attempt count while the job is leased, so
+-- that per job the hot path touches only the job hash and the three sets (no per-job token
+-- or attempt fields to write and delete).
 local K_READY, K_SCHED, K_LEASED, K_DEAD = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_JOBS, K_ERR, K_FENCE, K_PAUSED = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 
@@ -68,6 +69,16 @@ end
 local function waiting(id, att)
   if att == 0 then return id end
   return id .. fmt(att)
+end
+
+-- The ids of ready members: the member itself for a job never delivered (no string made).
+local function members_ids(members)
+  local ids = {}
+  for i = 1, #members do
+    local m = members[i]
+    if #m > 16 then ids[i] = string.sub(m, 1, 16) else ids[i] = m end
+  end
+  return ids
 end
 
 -- "<decimal>\n<rest>" -> number, rest

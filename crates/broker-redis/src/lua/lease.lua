@@ -1,6 +1,7 @@
 -- ARGV: lease ms, max jobs.
--- Returns {lease_until, next_due, value1, attempt1, token1, value2, ...}; next_due is the
--- earliest time a scheduled job or a lease expiry may make more work due (0: none known).
+-- Returns {lease_until, next_due, lease_no, value1, attempt1, value2, attempt2, ...}; each
+-- job's token is lease_no * 65536 + min(attempt, 65535). next_due is the earliest time a
+-- scheduled job or a lease expiry may make more work due (0: none known).
 local lease_ms, max = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
 -- Jobs whose holder stopped heartbeating are due again; the next lease gets a newer token.
@@ -17,25 +18,36 @@ if #due > 0 then
   to_ready(split(due))
 end
 local until_ = now + lease_ms
-local out = {until_, 0}
+local out = {until_, 0, 0}
 if redis.call('EXISTS', K_PAUSED) == 0 and max > 0 then
   -- ZRANGE + ZREMRANGEBYRANK rather than ZPOPMIN: no score strings to make per job.
   local members = redis.call('ZRANGE', K_READY, 0, max - 1)
   if #members > 0 then redis.call('ZREMRANGEBYRANK', K_READY, 0, #members - 1) end
   if #members > 0 then
-    local ids, atts = split(members)
-    local base = redis.call('INCRBY', K_FENCE, #ids) - #ids
-    local vals = multi('HMGET', K_JOBS, ids)
+    -- One lease number per call: every job leased here gets token
+    -- lease_no * 65536 + attempts, which still grows with every lease of any one job.
+    local lease_no = redis.call('INCR', K_FENCE)
+    out[3] = lease_no
+    local vals = multi('HMGET', K_JOBS, members_ids(members))
+    local suffix = {}
     local z = {}
-    for i = 1, #ids do
+    for i = 1, #members do
       if vals[i] then
-        local att = atts[i] + 1
-        local tok = (base + i) * TOKEN_SPLIT + math.min(att, TOKEN_SPLIT - 1)
+        local m = members[i]
+        local id, att = m, 1
+        if #m > 16 then
+          id = string.sub(m, 1, 16)
+          att = tonumber(string.sub(m, 17)) + 1
+        end
+        local sfx = suffix[att]
+        if not sfx then
+          sfx = fmt(lease_no * TOKEN_SPLIT + math.min(att, TOKEN_SPLIT - 1))
+          suffix[att] = sfx
+        end
         z[#z + 1] = until_
-        z[#z + 1] = ids[i] .. fmt(tok)
+        z[#z + 1] = id .. sfx
         out[#out + 1] = vals[i]
         out[#out + 1] = att
-        out[#out + 1] = tok
       end
     end
     bulk('ZADD', K_LEASED, z)
