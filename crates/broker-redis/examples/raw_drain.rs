@@ -1,3 +1,11 @@
+//! The broker's own ceiling, without the worker: fills a queue with 200,000 jobs, then
+//! `LOOPS` concurrent loops each lease `BATCH` jobs and ack them until the queue is empty.
+//!
+//! ```sh
+//! cargo run --release -p ferry-broker-redis --example raw_drain -- [LOOPS=1] [BATCH=1000] [URL]
+//! ```
+//! Prints one JSON line.
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -5,36 +13,28 @@ use ferry_broker_redis::{RedisBroker, RedisBrokerConfig};
 use ferry_core::broker::{Broker, QueueSelector, Settle, Settlement};
 use ferry_core::{JobEnvelope, JobKind, QueueName};
 
+const JOBS: usize = 200_000;
+
 #[tokio::main]
 async fn main() {
-    let loops: usize = std::env::args()
-        .nth(1)
-        .unwrap_or("1".into())
-        .parse()
-        .unwrap();
-    let batch: usize = std::env::args()
-        .nth(2)
-        .unwrap_or("1000".into())
-        .parse()
-        .unwrap();
+    let mut args = std::env::args().skip(1);
+    let loops: usize = args.next().map_or(1, |a| a.parse().expect("LOOPS: a number"));
+    let batch: usize = args.next().map_or(1000, |a| a.parse().expect("BATCH: a number"));
+    let url = args
+        .next()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     let b = Arc::new(
-        RedisBroker::connect(RedisBrokerConfig::new("redis://127.0.0.1:6379"))
+        RedisBroker::connect(RedisBrokerConfig::new(url))
             .await
-            .unwrap(),
+            .expect("connect"),
     );
-    let q = QueueName::parse(&format!("raw-{}", std::process::id())).unwrap();
-    let n = 200_000;
-    for _ in 0..(n / 1000) {
+    let q = QueueName::parse(&format!("raw-{}", std::process::id())).expect("queue name");
+    let kind = JobKind::parse("noop").expect("kind");
+    for _ in 0..JOBS / 1000 {
         let jobs: Vec<_> = (0..1000)
-            .map(|_| {
-                JobEnvelope::new(
-                    q.clone(),
-                    JobKind::parse("noop").unwrap(),
-                    JobEnvelope::empty_payload(),
-                )
-            })
+            .map(|_| JobEnvelope::new(q.clone(), kind.clone(), JobEnvelope::empty_payload()))
             .collect();
-        b.enqueue(jobs).await.unwrap();
+        b.enqueue(jobs).await.expect("enqueue");
     }
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -44,32 +44,32 @@ async fn main() {
         tasks.push(tokio::spawn(async move {
             let mut done = 0;
             loop {
-                let ls = b
+                let leases = b
                     .lease(&sel, batch, Duration::from_secs(30), "raw")
                     .await
-                    .unwrap();
-                if ls.is_empty() {
+                    .expect("lease");
+                if leases.is_empty() {
                     return done;
                 }
-                let s: Vec<_> = ls
+                let acks: Vec<_> = leases
                     .iter()
                     .map(|l| Settle {
                         lease: l.to_ref(),
                         settlement: Settlement::Ack,
                     })
                     .collect();
-                b.settle(&s).await.unwrap();
-                done += ls.len();
+                b.settle(&acks).await.expect("ack");
+                done += leases.len();
             }
         }));
     }
     let mut total = 0;
     for t in tasks {
-        total += t.await.unwrap();
+        total += t.await.expect("loop");
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "loops={loops} batch={batch} jobs={total} {:.0} jobs/s",
-        total as f64 / secs
+        "{}",
+        serde_json::json!({"bench":"raw_lease_ack","broker":"redis","loops":loops,"batch":batch,"jobs":total,"seconds":secs,"jobs_per_s":total as f64 / secs})
     );
 }
