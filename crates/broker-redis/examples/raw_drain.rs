@@ -18,8 +18,12 @@ const JOBS: usize = 200_000;
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let loops: usize = args.next().map_or(1, |a| a.parse().expect("LOOPS: a number"));
-    let batch: usize = args.next().map_or(1000, |a| a.parse().expect("BATCH: a number"));
+    let loops: usize = args
+        .next()
+        .map_or(1, |a| a.parse().expect("LOOPS: a number"));
+    let batch: usize = args
+        .next()
+        .map_or(1000, |a| a.parse().expect("BATCH: a number"));
     let url = args
         .next()
         .unwrap_or_else(|| "redis://127.0.0.1:6379".into());

@@ -39,7 +39,7 @@ pub struct RedisBroker {
 
 struct Inner {
     shared: Arc<Shared>,
-    enqueuer: Batcher<JobEnvelope, EnqueueOutcome, Arc<str>>,
+    enqueuer: Batcher<producer::Encoded, EnqueueOutcome, Arc<str>>,
     held: Held,
     cursor: Cursor,
     wakeups: Arc<Wakeups>,
@@ -194,9 +194,13 @@ impl Broker for RedisBroker {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
+        let encoded = jobs
+            .iter()
+            .map(producer::encode)
+            .collect::<BrokerResult<Vec<_>>>()?;
         self.inner
             .enqueuer
-            .submit(jobs)
+            .submit(encoded)
             .await
             .map_err(|e| BrokerError::Unavailable(e.to_string()))
     }

@@ -1,8 +1,11 @@
 //! Enqueue: one script call per queue per group commit; idempotency keys checked and set in
 //! the same script, so a duplicate is never half-written.
+//!
+//! Jobs are encoded by [`encode`] in each caller's task (in parallel across callers), so the
+//! single group-commit writer only assembles the script call.
 
 use ferry_core::broker::{BrokerError, BrokerResult, EnqueueOutcome};
-use ferry_core::{JobEnvelope, JobId};
+use ferry_core::{IdempotencyKey, JobEnvelope, JobId, QueueName};
 use redis::Value;
 use uuid::Uuid;
 
@@ -12,24 +15,47 @@ use crate::shared::Shared;
 use crate::value::{array, bytes};
 
 /// One job as the enqueue script takes it.
-struct Encoded {
-    id: [u8; 16],
-    env: Vec<u8>,
+pub(crate) struct Encoded {
+    id: JobId,
+    queue: QueueName,
+    /// `priority "\n" JSON`: scripts read the priority without decoding JSON when a job goes
+    /// back to ready.
+    value: Vec<u8>,
     priority: i16,
     run_at: i64,
-    /// Position of its idempotency key in KEYS (1-based), or 0 for none.
-    key_index: usize,
+    idempotency_key: Option<IdempotencyKey>,
+    /// Priority 0, no delay, no idempotency key: the script's fast path.
+    plain: bool,
+}
+
+/// Encodes one job for [`write`].
+///
+/// # Errors
+/// When the job cannot be serialised (it always can; the error is kept honest).
+pub(crate) fn encode(j: &JobEnvelope) -> BrokerResult<Encoded> {
+    let mut value = format!("{}\n", j.priority).into_bytes();
+    serde_json::to_writer(&mut value, j)
+        .map_err(|e| BrokerError::Rejected(format!("cannot encode job {}: {e}", j.id)))?;
+    Ok(Encoded {
+        id: j.id,
+        queue: j.queue.clone(),
+        value,
+        priority: j.priority,
+        run_at: j.run_at.0,
+        idempotency_key: j.idempotency_key.clone(),
+        plain: j.priority == 0 && j.idempotency_key.is_none() && j.run_at <= j.created_at,
+    })
 }
 
 /// Writes `jobs` (possibly from several callers and queues); one outcome per job, in order.
 pub(crate) async fn write(
     shared: &Shared,
-    jobs: Vec<JobEnvelope>,
+    jobs: Vec<Encoded>,
     idempotency_ttl_ms: u64,
 ) -> BrokerResult<Vec<EnqueueOutcome>> {
     let mut out: Vec<Option<EnqueueOutcome>> = vec![None; jobs.len()];
     // Group by queue, keeping each job's position.
-    let mut groups: Vec<(ferry_core::QueueName, Vec<usize>)> = Vec::new();
+    let mut groups: Vec<(QueueName, Vec<usize>)> = Vec::new();
     for (i, j) in jobs.iter().enumerate() {
         match groups.iter_mut().find(|(q, _)| *q == j.queue) {
             Some((_, idx)) => idx.push(i),
@@ -39,34 +65,18 @@ pub(crate) async fn write(
     for (queue, idx) in groups {
         shared.register(&queue).await?;
         let keys = shared.keys(&queue);
+        // Plain jobs travel as two values each and the script stores them without making a
+        // string per job; the rest carry five.
+        let (plain, full): (Vec<usize>, Vec<usize>) = idx.iter().partition(|&&i| jobs[i].plain);
         let mut extra = Vec::new();
-        // Plain jobs (priority 0, no delay, no idempotency key) travel as two values each and
-        // the script stores them without making a string per job; the rest carry five.
-        let (plain, full): (Vec<usize>, Vec<usize>) = idx.iter().partition(|&&i| {
-            let j = &jobs[i];
-            j.priority == 0 && j.idempotency_key.is_none() && j.run_at <= j.created_at
-        });
-        let mut args: Vec<Encoded> = Vec::with_capacity(idx.len());
-        for &i in plain.iter().chain(&full) {
-            let j = &jobs[i];
-            // The stored value is `priority "\n" JSON`: scripts read the priority without
-            // decoding JSON when a job goes back to ready.
-            let mut env = format!("{}\n", j.priority).into_bytes();
-            serde_json::to_writer(&mut env, j)
-                .map_err(|e| BrokerError::Rejected(format!("cannot encode job {}: {e}", j.id)))?;
-            let key_index = match &j.idempotency_key {
+        let mut key_index = Vec::with_capacity(full.len());
+        for &i in &full {
+            key_index.push(match &jobs[i].idempotency_key {
                 Some(k) => {
                     extra.push(keys.idempotency(k));
                     keys.keys.len() + extra.len()
                 }
                 None => 0,
-            };
-            args.push(Encoded {
-                id: id_bytes(j.id),
-                env,
-                priority: j.priority,
-                run_at: j.run_at.0,
-                key_index,
             });
         }
         let reply = shared
@@ -74,11 +84,17 @@ pub(crate) async fn write(
                 inv.arg(queue.as_str())
                     .arg(idempotency_ttl_ms)
                     .arg(plain.len());
-                for (n, a) in args.iter().enumerate() {
-                    inv.arg(a.id.as_slice()).arg(a.env.as_slice());
-                    if n >= plain.len() {
-                        inv.arg(a.priority).arg(a.run_at).arg(a.key_index);
-                    }
+                for &i in &plain {
+                    inv.arg(id_bytes(jobs[i].id).as_slice())
+                        .arg(jobs[i].value.as_slice());
+                }
+                for (&i, ki) in full.iter().zip(&key_index) {
+                    let j = &jobs[i];
+                    inv.arg(id_bytes(j.id).as_slice())
+                        .arg(j.value.as_slice())
+                        .arg(j.priority)
+                        .arg(j.run_at)
+                        .arg(*ki);
                 }
             })
             .await?;
