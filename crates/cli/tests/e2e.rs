@@ -18,12 +18,16 @@ struct Dev {
 }
 
 fn start(data: &std::path::Path, env: &[(&str, String)]) -> Dev {
+    start_role("dev", data, env)
+}
+
+fn start_role(role: &str, data: &std::path::Path, env: &[(&str, String)]) -> Dev {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     for (k, v) in env {
         cmd.env(k, v);
     }
     let mut child = cmd
-        .arg("dev")
+        .arg(role)
         .env("FERRY_LISTEN", "127.0.0.1:0")
         .env("FERRY_DATA_DIR", data)
         .env("FERRY_RETRY_BASE_MS", "10")
@@ -357,5 +361,45 @@ async fn redis_restart_with_aof_loses_no_accepted_job() {
     assert_eq!(finals.len(), accepted.len(), "0 lost");
     for (id, job) in &finals {
         assert_eq!(job["state"], "succeeded", "job {id}: {job}");
+    }
+}
+
+/// The split deployment on Redis: one `ferry api` and two `ferry worker` processes (sharing
+/// the history store's directory). Jobs submitted to the API are run by the worker pool and
+/// each reaches its expected end, retries included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_api_and_two_worker_processes() {
+    let redis = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("FERRY_BROKER_URL", redis.url())];
+    let api = start_role("api", dir.path(), &env);
+    let workers: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .arg("worker")
+                .env("FERRY_DATA_DIR", dir.path())
+                .env("FERRY_BROKER_URL", redis.url())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn ferry worker")
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let submitted = submit_all(&client, &api.base, 400, 0).await;
+    let ids: HashMap<String, usize> = submitted
+        .into_iter()
+        .map(|(i, r)| (r.unwrap_or_else(|e| panic!("job {i} refused: {e}")), i))
+        .collect();
+    let finals = wait_final(&client, &api.base, &ids, Duration::from_secs(120)).await;
+    for (id, job) in &finals {
+        let (kind, _, _, attempts, result) = spec(ids[id]);
+        assert_eq!(job["state"], "succeeded", "{kind} job {id}: {job}");
+        assert_eq!(job["attempts"], attempts, "{kind} job {id}: {job}");
+        assert_eq!(job["result"], result.unwrap(), "{kind} job {id}: {job}");
+    }
+    for mut w in workers {
+        let _ = w.kill();
+        let _ = w.wait();
     }
 }
