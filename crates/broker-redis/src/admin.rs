@@ -1,9 +1,9 @@
 //! Operator-facing calls: exact stats, pause and resume, the dead-letter set.
 
 use ferry_core::broker::{BrokerError, BrokerResult, DeadJob, QueueStats};
-use ferry_core::{JobEnvelope, JobId, QueueName};
+use ferry_core::{JobId, QueueName};
 
-use crate::keys::{envelope_json, id_bytes};
+use crate::keys::{decode_job, id_bytes};
 use crate::scripts::{DEAD_JOBS, PAUSE, RETRY_DEAD, STATS};
 use crate::shared::Shared;
 use crate::value::{array, bytes, unsigned};
@@ -56,14 +56,7 @@ pub(crate) async fn dead_jobs(
     let mut items = array(reply, "dead jobs")?.into_iter();
     let mut out = Vec::new();
     while let (Some(env), Some(att), Some(err)) = (items.next(), items.next(), items.next()) {
-        let raw = bytes(env, "dead job")?;
-        let json = envelope_json(&raw).ok_or_else(|| {
-            BrokerError::Unavailable("redis: a stored job has no priority head".into())
-        })?;
-        let mut job: JobEnvelope = serde_json::from_slice(json).map_err(|e| {
-            BrokerError::Unavailable(format!("redis: a stored job does not decode: {e}"))
-        })?;
-        job.attempt = u32::try_from(unsigned(&att, "attempts")?).unwrap_or(u32::MAX);
+        let job = decode_job(&bytes(env, "dead job")?, unsigned(&att, "attempts")?)?;
         let error = String::from_utf8_lossy(&bytes(err, "dead error")?).into_owned();
         out.push(DeadJob { job, error });
     }

@@ -14,9 +14,9 @@ use std::time::Duration;
 use ferry_core::broker::{
     BrokerError, BrokerResult, FencingToken, Lease, LeaseRef, Settle, SettleOutcome, Settlement,
 };
-use ferry_core::{JobEnvelope, QueueName, UnixMillis};
+use ferry_core::{QueueName, UnixMillis};
 
-use crate::keys::{QueueKeys, envelope_json, id_bytes, lease_member};
+use crate::keys::{QueueKeys, decode_job, id_bytes, lease_member};
 use crate::scripts::{EXTEND, LEASE, SETTLE};
 use crate::shared::Shared;
 use crate::value::{array, bytes, int, unsigned};
@@ -142,15 +142,8 @@ pub(crate) async fn lease(
         }
         let mut got = Vec::with_capacity(items.len() / 2);
         while let (Some(env), Some(att)) = (items.next(), items.next()) {
-            let raw = bytes(env, "leased job")?;
-            let json = envelope_json(&raw).ok_or_else(|| {
-                BrokerError::Unavailable("redis: a stored job has no priority head".into())
-            })?;
-            let mut job: JobEnvelope = serde_json::from_slice(json).map_err(|e| {
-                BrokerError::Unavailable(format!("redis: a stored job does not decode: {e}"))
-            })?;
             let attempt = unsigned(&att, "attempt")?;
-            job.attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+            let job = decode_job(&bytes(env, "leased job")?, attempt)?;
             got.push(Lease {
                 job: Arc::new(job),
                 // Must match the member the script stored (see lua/common.lua).

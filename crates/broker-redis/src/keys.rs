@@ -52,10 +52,21 @@ pub(crate) fn lease_member(lease: &ferry_core::broker::LeaseRef) -> Vec<u8> {
     m
 }
 
-/// Strips the `priority "\n"` head the `jobs` hash keeps before each envelope.
-pub(crate) fn envelope_json(stored: &[u8]) -> Option<&[u8]> {
-    let nl = stored.iter().position(|b| *b == b'\n')?;
-    Some(&stored[nl + 1..])
+/// Decodes a `jobs` hash value (`priority "\n" JSON`) with `attempt` deliveries so far.
+pub(crate) fn decode_job(
+    stored: &[u8],
+    attempt: u64,
+) -> ferry_core::broker::BrokerResult<ferry_core::JobEnvelope> {
+    use ferry_core::broker::BrokerError;
+    let nl = stored.iter().position(|b| *b == b'\n').ok_or_else(|| {
+        BrokerError::Unavailable("redis: a stored job has no priority head".into())
+    })?;
+    let mut job: ferry_core::JobEnvelope =
+        serde_json::from_slice(&stored[nl + 1..]).map_err(|e| {
+            BrokerError::Unavailable(format!("redis: a stored job does not decode: {e}"))
+        })?;
+    job.attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+    Ok(job)
 }
 
 #[cfg(test)]

@@ -83,6 +83,16 @@ fn spec(i: usize) -> (&'static str, Value, u32, u32, Option<Value>) {
     }
 }
 
+/// Every job succeeded with the attempts and result its `spec` promises.
+fn assert_as_specified(ids: &HashMap<String, usize>, finals: &HashMap<String, Value>) {
+    for (id, job) in finals {
+        let (kind, _, _, attempts, result) = spec(ids[id]);
+        assert_eq!(job["state"], "succeeded", "{kind} job {id}: {job}");
+        assert_eq!(job["attempts"], attempts, "{kind} job {id}: {job}");
+        assert_eq!(job["result"], result.unwrap(), "{kind} job {id}: {job}");
+    }
+}
+
 async fn submit_all(
     client: &reqwest::Client,
     base: &str,
@@ -187,12 +197,7 @@ async fn thousand_jobs_then_sigkill_loses_nothing(env: &[(&str, String)]) {
         .collect();
     assert_eq!(ids.len(), 1000);
     let finals = wait_final(&client, &dev.base, &ids, Duration::from_secs(120)).await;
-    for (id, job) in &finals {
-        let (kind, _, _, attempts, result) = spec(ids[id]);
-        assert_eq!(job["state"], "succeeded", "{kind} job {id}: {job}");
-        assert_eq!(job["attempts"], attempts, "{kind} job {id}: {job}");
-        assert_eq!(job["result"], result.unwrap(), "{kind} job {id}: {job}");
-    }
+    assert_as_specified(&ids, &finals);
 
     // Phase 2: submit while jobs run, SIGKILL mid-stream, restart on the same data dir.
     let mut dev = dev;
@@ -392,12 +397,7 @@ async fn redis_api_and_two_worker_processes() {
         .map(|(i, r)| (r.unwrap_or_else(|e| panic!("job {i} refused: {e}")), i))
         .collect();
     let finals = wait_final(&client, &api.base, &ids, Duration::from_secs(120)).await;
-    for (id, job) in &finals {
-        let (kind, _, _, attempts, result) = spec(ids[id]);
-        assert_eq!(job["state"], "succeeded", "{kind} job {id}: {job}");
-        assert_eq!(job["attempts"], attempts, "{kind} job {id}: {job}");
-        assert_eq!(job["result"], result.unwrap(), "{kind} job {id}: {job}");
-    }
+    assert_as_specified(&ids, &finals);
     for mut w in workers {
         let _ = w.kill();
         let _ = w.wait();

@@ -464,27 +464,29 @@ pub async fn concurrent_consumers_never_share_a_job(b: DynBroker) {
     assert_eq!(all.len() as u64, n);
 }
 
-pub async fn idle_pickup_is_prompt(b: DynBroker) {
-    let q = fresh_queue("idle");
+/// Lets a consumer on `consumer` go idle on a fresh queue, pushes one job through
+/// `producer`, and returns how long the consumer took to lease it.
+async fn pickup_delay(consumer: DynBroker, producer: DynBroker, prefix: &str) -> Duration {
+    let q = fresh_queue(prefix);
     let sel = only(&q);
-    let consumer = {
-        let b = b.clone();
-        let sel = sel.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Some(l) = b.lease(&sel, 1, LEASE, "idle").await.unwrap().pop() {
-                    return (l, Instant::now());
-                }
-                b.wait_for_jobs(&sel, Duration::from_secs(5)).await;
+    let waiter = tokio::spawn(async move {
+        loop {
+            if let Some(l) = consumer.lease(&sel, 1, LEASE, "idle").await.unwrap().pop() {
+                return (l, Instant::now());
             }
-        })
-    };
+            consumer.wait_for_jobs(&sel, Duration::from_secs(5)).await;
+        }
+    });
     // Let the consumer go idle first.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pushed = Instant::now();
-    b.enqueue(vec![job(&q, 1)]).await.unwrap();
-    let (_, got) = consumer.await.unwrap();
-    let waited = got.duration_since(pushed);
+    producer.enqueue(vec![job(&q, 1)]).await.unwrap();
+    let (_, got) = waiter.await.unwrap();
+    got.duration_since(pushed)
+}
+
+pub async fn idle_pickup_is_prompt(b: DynBroker) {
+    let waited = pickup_delay(b.clone(), b, "idle").await;
     assert!(
         waited < Duration::from_millis(50),
         "idle pickup took {waited:?}"
@@ -502,25 +504,7 @@ pub async fn pushes_wake_consumers_in_other_processes(consumer: DynBroker, produ
     ) {
         return;
     }
-    let q = fresh_queue("xwake");
-    let sel = only(&q);
-    let waiter = {
-        let b = consumer.clone();
-        let sel = sel.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Some(l) = b.lease(&sel, 1, LEASE, "idle").await.unwrap().pop() {
-                    return (l, Instant::now());
-                }
-                b.wait_for_jobs(&sel, Duration::from_secs(5)).await;
-            }
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let pushed = Instant::now();
-    producer.enqueue(vec![job(&q, 1)]).await.unwrap();
-    let (_, got) = waiter.await.unwrap();
-    let waited = got.duration_since(pushed);
+    let waited = pickup_delay(consumer, producer, "xwake").await;
     assert!(
         waited < Duration::from_millis(50),
         "cross-process pickup took {waited:?}"
