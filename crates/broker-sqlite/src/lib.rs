@@ -18,7 +18,6 @@ use ferry_core::broker::{
 };
 use ferry_core::{JobEnvelope, JobId, QueueName};
 use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::Notify;
 
 pub use config::SqliteBrokerConfig;
@@ -48,38 +47,16 @@ impl SqliteBroker {
     /// # Errors
     /// When the file cannot be opened or migrated.
     pub async fn open(config: SqliteBrokerConfig) -> BrokerResult<Self> {
-        if let Some(dir) = config.path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                BrokerError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
-        }
-        let opts = SqliteConnectOptions::new()
-            .filename(&config.path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .pragma("cache_size", "-65536")
-            .pragma("temp_store", "memory");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .connect_with(opts.clone())
-            .await
-            .map_err(|e| {
-                BrokerError::Unavailable(format!(
-                    "cannot open sqlite broker at {}: {e}",
-                    config.path.display()
-                ))
-            })?;
+        let opened = ferry_sqlite::open_writer(
+            &config.path,
+            "broker",
+            &[("cache_size", "-65536"), ("temp_store", "memory")],
+        )
+        .await
+        .map_err(BrokerError::Unavailable)?;
+        let writer = opened.writer.clone();
         schema::migrate(&writer).await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(opts.read_only(true))
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let reader = opened.readers(2).await.map_err(|e| unavailable(&e))?;
         let w = writer.clone();
         let enqueuer = Batcher::spawn(config.max_enqueue_batch, 4096, move |jobs| {
             let w = w.clone();

@@ -2,16 +2,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_batch::Batcher;
 use ferry_core::store::{JobEvent, JobEventKind, JobRecord, Store, StoreError, StoreResult};
 use ferry_core::{JobId, JobKind, JobState, QueueName, UnixMillis};
 use serde_json::value::RawValue;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 /// How to open the embedded store.
@@ -69,39 +66,15 @@ impl SqliteStore {
     /// # Errors
     /// When the file cannot be opened or the schema created.
     pub async fn open(config: SqliteStoreConfig) -> StoreResult<Self> {
-        if let Some(dir) = config.path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
-        }
-        let opts = SqliteConnectOptions::new()
-            .filename(&config.path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .connect_with(opts.clone())
+        let opened = ferry_sqlite::open_writer(&config.path, "store", &[])
             .await
-            .map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "cannot open sqlite store at {}: {e}",
-                    config.path.display()
-                ))
-            })?;
+            .map_err(StoreError::Unavailable)?;
+        let writer = opened.writer.clone();
         sqlx::raw_sql(SCHEMA)
             .execute(&writer)
             .await
             .map_err(|e| unavailable(&e))?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(opts.read_only(true))
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let reader = opened.readers(2).await.map_err(|e| unavailable(&e))?;
         let recorder = Batcher::spawn(10_000, 4096, move |events: Vec<JobEvent>| {
             let w = writer.clone();
             async move {
