@@ -9,7 +9,7 @@ use ferry_broker_sqlite::{SqliteBroker, SqliteBrokerConfig};
 use ferry_config::{BrokerUrl, StoreUrl};
 use ferry_core::broker::Broker;
 use ferry_core::store::Store;
-use ferry_store::{SqliteStore, SqliteStoreConfig};
+use ferry_store::{PgOpenError, PgStore, PgStoreConfig, SqliteStore, SqliteStoreConfig};
 
 use crate::UsageError;
 
@@ -45,9 +45,12 @@ pub(crate) async fn store(url: &StoreUrl) -> anyhow::Result<Arc<dyn Store>> {
                 .with_context(|| format!("opening the store at sqlite://{}", path.display()))?;
             Ok(Arc::new(s))
         }
-        StoreUrl::Other { scheme, url } => Err(UsageError(format!(
-            "FERRY_DATABASE_URL={url:?}: the {scheme} store is not part of this build yet; use sqlite://PATH (the default)"
-        ))
-        .into()),
+        StoreUrl::Postgres(url) => match PgStore::connect(PgStoreConfig::new(url)).await {
+            Ok(s) => Ok(Arc::new(s)),
+            Err(e @ PgOpenError::InvalidUrl(_)) => {
+                Err(UsageError(format!("FERRY_DATABASE_URL: {e}")).into())
+            }
+            Err(e) => Err(anyhow::anyhow!("FERRY_DATABASE_URL: {e}")),
+        },
     }
 }

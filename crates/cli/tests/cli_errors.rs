@@ -43,9 +43,24 @@ fn bad_configuration_is_one_line_and_exit_2() {
     assert_one_line(c, &e, "the amqp broker is not part of this build yet");
     let (c, e) = ferry(
         &["dev"],
-        &[("FERRY_DATABASE_URL", "postgres://127.0.0.1/test")],
+        &[("FERRY_DATABASE_URL", "postgres://127.0.0.1:notaport/test")],
     );
-    assert_one_line(c, &e, "the postgres store is not part of this build yet");
+    assert_one_line(c, &e, "FERRY_DATABASE_URL: not a valid postgres URL");
+    // Nothing listens on port 1: one line, exit 1, password hidden.
+    let (c, e) = ferry(
+        &["dev"],
+        &[(
+            "FERRY_DATABASE_URL",
+            "postgres://ferry:s3cret@127.0.0.1:1/test",
+        )],
+    );
+    assert_one_line_exit(
+        1,
+        c,
+        &e,
+        "cannot use postgres at postgres://ferry:***@127.0.0.1:1/test",
+    );
+    assert!(!e.contains("s3cret"));
     let (c, e) = ferry(&["worker"], &[("FERRY_WORKER_CONCURRENCY", "0")]);
     assert_one_line(c, &e, "FERRY_WORKER_CONCURRENCY");
     let (c, e) = ferry(&["submit", "noop", "--payload", "{oops"], &[]);

@@ -184,6 +184,17 @@ async fn redis_thousand_jobs_then_sigkill_loses_nothing() {
     thousand_jobs_then_sigkill_loses_nothing(&[("FERRY_BROKER_URL", redis.url())]).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_and_postgres_thousand_jobs_then_sigkill_loses_nothing() {
+    let redis = support::RedisServer::start();
+    let db = support::fresh_database().await;
+    thousand_jobs_then_sigkill_loses_nothing(&[
+        ("FERRY_BROKER_URL", redis.url()),
+        ("FERRY_DATABASE_URL", db),
+    ])
+    .await;
+}
+
 async fn thousand_jobs_then_sigkill_loses_nothing(env: &[(&str, String)]) {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();

@@ -83,8 +83,8 @@ pub enum BrokerUrl {
 pub enum StoreUrl {
     /// `sqlite://PATH` (default `sqlite://$FERRY_DATA_DIR/store.db`).
     Sqlite(PathBuf),
-    /// `postgres://...`: recognised, not part of this build yet.
-    Other { scheme: String, url: String },
+    /// `postgres://...` or `postgresql://...`.
+    Postgres(String),
 }
 
 fn split_url(var: &'static str, url: &str) -> Result<(String, String), ConfigError> {
@@ -142,10 +142,7 @@ impl StoreUrl {
         let (scheme, rest) = split_url(VAR, url)?;
         match scheme.as_str() {
             "sqlite" => Ok(Self::Sqlite(sqlite_path(VAR, url, &rest)?)),
-            "postgres" | "postgresql" => Ok(Self::Other {
-                scheme,
-                url: url.into(),
-            }),
+            "postgres" | "postgresql" => Ok(Self::Postgres(url.into())),
             _ => Err(ConfigError {
                 var: VAR,
                 value: url.into(),

@@ -1,4 +1,5 @@
-//! Test helpers shared by the CLI's integration tests: a private Redis server.
+//! Test helpers shared by the CLI's integration tests: a private Redis server and a fresh
+//! Postgres database.
 
 #![allow(dead_code)]
 
@@ -99,5 +100,29 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A database of its own on the test Postgres (`FERRY_TEST_DATABASE_URL`, default
+/// `postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable`); returns its URL.
+pub async fn fresh_database() -> String {
+    use sqlx::Connection;
+    let admin = std::env::var("FERRY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into());
+    let name = format!("ferry_t_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("the test postgres answers");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (base, query) = admin
+        .split_once('?')
+        .map_or((admin.as_str(), None), |(b, q)| (b, Some(q)));
+    let root = &base[..base.rfind('/').expect("a database in the URL")];
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
     }
 }

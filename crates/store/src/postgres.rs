@@ -1,0 +1,632 @@
+//! The Postgres store: an append-only event log (`ferry_job_events`) and its per-job
+//! projection (`ferry_jobs`), both partitioned by day of job creation, written in batches.
+//!
+//! Both tables are range-partitioned on the job id. Ids are UUIDv7, whose first 48 bits are
+//! the creation time in milliseconds, so a range of ids is a range of creation times: one
+//! day's jobs and events live in that day's partitions, a lookup by id touches one partition,
+//! and the primary keys (`id`; `job_id, fence, step`) are legal on partitioned tables without
+//! carrying a separate timestamp column. Retention can drop whole days.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_batch::Batcher;
+use ferry_core::store::{JobEvent, JobEventKind, JobRecord, Store, StoreError, StoreResult};
+use ferry_core::{JobId, JobKind, JobState, QueueName, UnixMillis};
+use serde_json::value::RawValue;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+
+/// How to reach Postgres.
+#[derive(Clone, Debug)]
+pub struct PgStoreConfig {
+    /// `postgres://user[:password]@host[:port]/database[?sslmode=...]`.
+    pub url: String,
+    /// Connections in the pool (recorder and readers share it).
+    pub max_connections: u32,
+    /// Limit for connecting at start-up and for waiting on a pooled connection.
+    pub connect_timeout: Duration,
+    /// Most events per recorder flush.
+    pub max_batch: usize,
+}
+
+impl PgStoreConfig {
+    #[must_use]
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(5),
+            max_batch: 10_000,
+        }
+    }
+}
+
+/// Why the store could not start. One line each, fit for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum PgOpenError {
+    #[error("not a valid postgres URL: {0}")]
+    InvalidUrl(String),
+    #[error("cannot use postgres at {url}: {reason}")]
+    Unavailable { url: String, reason: String },
+}
+
+/// Job history in Postgres. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    recorder: Batcher<JobEvent, (), Arc<str>>,
+}
+
+fn unavailable(e: &sqlx::Error) -> StoreError {
+    StoreError::Unavailable(format!("postgres: {e}"))
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Versioned schema steps; each runs once, in order, in a transaction.
+const STEPS: &[&str] = &[
+    // 1: the projection and the event log, partitioned by id (= creation time), each with a
+    // default partition for ids outside the days prepared in advance.
+    r"
+    CREATE TABLE ferry_jobs (
+        id              uuid NOT NULL PRIMARY KEY,
+        queue           text NOT NULL,
+        kind            text NOT NULL,
+        state           text NOT NULL,
+        priority        smallint NOT NULL,
+        payload         jsonb NOT NULL,
+        result          jsonb,
+        error           text,
+        attempts        integer NOT NULL,
+        max_attempts    integer NOT NULL,
+        tenant          text,
+        idempotency_key text,
+        tags            text[] NOT NULL DEFAULT '{}',
+        trace_id        text,
+        created_at      timestamptz NOT NULL,
+        scheduled_at    timestamptz NOT NULL,
+        started_at      timestamptz,
+        finished_at     timestamptz,
+        -- ordering of updates: newer lease first, then later step within a lease
+        fence           bigint NOT NULL,
+        step            smallint NOT NULL
+    ) PARTITION BY RANGE (id);
+    CREATE TABLE ferry_jobs_default PARTITION OF ferry_jobs DEFAULT;
+    CREATE INDEX ferry_jobs_queue_state ON ferry_jobs (queue, state, id);
+    CREATE TABLE ferry_job_events (
+        job_id  uuid NOT NULL,
+        fence   bigint NOT NULL,
+        step    smallint NOT NULL,
+        attempt integer NOT NULL,
+        kind    text NOT NULL,
+        worker  text,
+        error   text,
+        result  jsonb,
+        at      timestamptz NOT NULL,
+        PRIMARY KEY (job_id, fence, step)
+    ) PARTITION BY RANGE (job_id);
+    CREATE TABLE ferry_job_events_default PARTITION OF ferry_job_events DEFAULT;
+    ",
+];
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The smallest UUIDv7 of the millisecond `ms`.
+fn uuid_floor(ms: i64) -> String {
+    let ms = u64::try_from(ms).unwrap_or(0);
+    format!(
+        "{:08x}-{:04x}-0000-0000-000000000000",
+        ms >> 16,
+        ms & 0xffff
+    )
+}
+
+/// `YYYYMMDD` of the UTC day starting at `day_ms`.
+fn day_name(day_ms: i64) -> String {
+    let date = time::OffsetDateTime::from_unix_timestamp(day_ms / 1000)
+        .map(time::OffsetDateTime::date)
+        .unwrap_or(time::Date::MIN);
+    format!(
+        "{:04}{:02}{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+impl PgStore {
+    /// Connects, brings the schema up to date, prepares partitions for the coming days, and
+    /// starts the batched recorder.
+    ///
+    /// # Errors
+    /// A malformed URL, or a server that cannot be reached or migrated.
+    pub async fn connect(config: PgStoreConfig) -> Result<Self, PgOpenError> {
+        let shown = redacted(&config.url);
+        let options: PgConnectOptions = config
+            .url
+            .parse()
+            .map_err(|e| PgOpenError::InvalidUrl(format!("{shown}: {e}")))?;
+        let fail = |e: &dyn std::fmt::Display| PgOpenError::Unavailable {
+            url: shown.clone(),
+            reason: e.to_string(),
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.connect_timeout)
+            .connect_with(options)
+            .await
+            .map_err(|e| fail(&e))?;
+        migrate(&pool).await.map_err(|e| fail(&e))?;
+        prepare_partitions(&pool, UnixMillis::now())
+            .await
+            .map_err(|e| fail(&e))?;
+        let writer = pool.clone();
+        let recorder = Batcher::spawn(config.max_batch, 4096, move |events: Vec<JobEvent>| {
+            let pool = writer.clone();
+            async move {
+                let n = events.len();
+                write_events(&pool, &events)
+                    .await
+                    .map(|()| vec![(); n])
+                    .map_err(|e| Arc::<str>::from(format!("postgres: {e}")))
+            }
+        });
+        Ok(Self {
+            inner: Arc::new(Inner { pool, recorder }),
+        })
+    }
+
+    /// The pool, for tests and maintenance tasks.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+}
+
+/// Brings the schema up to date. Concurrent callers (several processes starting at once)
+/// serialise on an advisory lock.
+async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(7250001)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS ferry_store_schema (version integer NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    let current: Option<i32> = sqlx::query_scalar("SELECT MAX(version) FROM ferry_store_schema")
+        .fetch_one(&mut *tx)
+        .await?;
+    let current = usize::try_from(current.unwrap_or(0)).unwrap_or(0);
+    for (i, step) in STEPS.iter().enumerate().skip(current) {
+        sqlx::raw_sql(*step).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO ferry_store_schema (version) VALUES ($1)")
+            .bind(i32::try_from(i + 1).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// Creates the daily partitions of both tables from yesterday to a week ahead (idempotent).
+async fn prepare_partitions(pool: &PgPool, now: UnixMillis) -> Result<(), sqlx::Error> {
+    let today = now.0 - now.0.rem_euclid(DAY_MS);
+    for d in -1..=7 {
+        let from = today + d * DAY_MS;
+        let (lo, hi, name) = (uuid_floor(from), uuid_floor(from + DAY_MS), day_name(from));
+        for table in ["ferry_jobs", "ferry_job_events"] {
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {table}_p{name} PARTITION OF {table} \
+                 FOR VALUES FROM ('{lo}') TO ('{hi}')"
+            );
+            // Built only from computed dates and bounds, never from input.
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(pool)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn step(kind: &JobEventKind) -> i16 {
+    match kind {
+        JobEventKind::Enqueued => 0,
+        JobEventKind::Started { .. } => 1,
+        JobEventKind::Succeeded { .. }
+        | JobEventKind::Failed { .. }
+        | JobEventKind::Dead { .. } => 2,
+        JobEventKind::Cancelled => 3,
+    }
+}
+
+fn kind_name(kind: &JobEventKind) -> &'static str {
+    match kind {
+        JobEventKind::Enqueued => "enqueued",
+        JobEventKind::Started { .. } => "started",
+        JobEventKind::Succeeded { .. } => "succeeded",
+        JobEventKind::Failed { .. } => "failed",
+        JobEventKind::Dead { .. } => "dead",
+        JobEventKind::Cancelled => "cancelled",
+    }
+}
+
+/// The trace id from a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`).
+fn trace_id(job: &ferry_core::JobEnvelope) -> Option<String> {
+    let tp = job.headers.get("traceparent")?;
+    tp.split('-').nth(1).map(str::to_owned)
+}
+
+/// One job's row as a batch of its events leaves it: the events applied in (fence, step)
+/// order with the same rules the upsert applies against the stored row.
+struct Folded<'a> {
+    last: &'a JobEvent,
+    error: Option<String>,
+    started_at: Option<i64>,
+}
+
+fn fold(events: &[JobEvent]) -> Vec<Folded<'_>> {
+    let mut by_job: HashMap<JobId, Vec<&JobEvent>> = HashMap::new();
+    for e in events {
+        by_job.entry(e.job.id).or_default().push(e);
+    }
+    by_job
+        .into_values()
+        .map(|mut evs| {
+            evs.sort_by_key(|e| (e.fence, step(&e.kind)));
+            let mut error = None;
+            let mut started_at = None;
+            for e in &evs {
+                match &e.kind {
+                    // A start keeps the previous attempt's error visible until the job ends.
+                    JobEventKind::Started { .. } => started_at = Some(e.at.0),
+                    JobEventKind::Failed { error: m, .. } | JobEventKind::Dead { error: m } => {
+                        error = Some(m.clone());
+                    }
+                    _ => error = None,
+                }
+            }
+            Folded {
+                last: evs[evs.len() - 1],
+                error,
+                started_at,
+            }
+        })
+        .collect()
+}
+
+/// Records a batch in one transaction: the events (a repeat is ignored by its key) and the
+/// projection (changed only by a newer fence, or a later step under the same fence).
+async fn write_events(pool: &PgPool, events: &[JobEvent]) -> Result<(), sqlx::Error> {
+    let mut ev_cols: EventCols = EventCols::default();
+    for e in events {
+        ev_cols.push(e);
+    }
+    let mut job_cols = JobCols::default();
+    for f in fold(events) {
+        job_cols.push(&f);
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO ferry_job_events (job_id, fence, step, attempt, kind, worker, error, result, at) \
+         SELECT job_id, fence, step, attempt, kind, worker, error, result::jsonb, \
+                to_timestamp(at_ms / 1000.0) \
+         FROM UNNEST($1::uuid[], $2::int8[], $3::int2[], $4::int4[], $5::text[], $6::text[], \
+                     $7::text[], $8::text[], $9::int8[]) \
+              AS t(job_id, fence, step, attempt, kind, worker, error, result, at_ms) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&ev_cols.job_id)
+    .bind(&ev_cols.fence)
+    .bind(&ev_cols.step)
+    .bind(&ev_cols.attempt)
+    .bind(&ev_cols.kind)
+    .bind(&ev_cols.worker)
+    .bind(&ev_cols.error)
+    .bind(&ev_cols.result)
+    .bind(&ev_cols.at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO ferry_jobs (id, queue, kind, state, priority, payload, result, error, \
+             attempts, max_attempts, idempotency_key, tags, trace_id, created_at, scheduled_at, \
+             started_at, finished_at, fence, step) \
+         SELECT id, queue, kind, state, priority, payload::jsonb, result::jsonb, error, \
+                attempts, max_attempts, idem, \
+                ARRAY(SELECT jsonb_array_elements_text(tags::jsonb)), trace_id, \
+                to_timestamp(created_ms / 1000.0), to_timestamp(scheduled_ms / 1000.0), \
+                to_timestamp(started_ms / 1000.0), to_timestamp(finished_ms / 1000.0), fence, step \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[], \
+                     $7::text[], $8::text[], $9::int4[], $10::int4[], $11::text[], $12::text[], \
+                     $13::text[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], \
+                     $18::int8[], $19::int2[]) \
+              AS t(id, queue, kind, state, priority, payload, result, error, attempts, \
+                   max_attempts, idem, tags, trace_id, created_ms, scheduled_ms, started_ms, \
+                   finished_ms, fence, step) \
+         ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, result = EXCLUDED.result, \
+             error = CASE WHEN EXCLUDED.step = 1 \
+                          THEN COALESCE(EXCLUDED.error, ferry_jobs.error) \
+                          ELSE EXCLUDED.error END, \
+             attempts = EXCLUDED.attempts, scheduled_at = EXCLUDED.scheduled_at, \
+             started_at = COALESCE(EXCLUDED.started_at, ferry_jobs.started_at), \
+             finished_at = EXCLUDED.finished_at, fence = EXCLUDED.fence, step = EXCLUDED.step \
+         WHERE (EXCLUDED.fence, EXCLUDED.step) > (ferry_jobs.fence, ferry_jobs.step)",
+    )
+    .bind(&job_cols.id)
+    .bind(&job_cols.queue)
+    .bind(&job_cols.kind)
+    .bind(&job_cols.state)
+    .bind(&job_cols.priority)
+    .bind(&job_cols.payload)
+    .bind(&job_cols.result)
+    .bind(&job_cols.error)
+    .bind(&job_cols.attempts)
+    .bind(&job_cols.max_attempts)
+    .bind(&job_cols.idem)
+    .bind(&job_cols.tags)
+    .bind(&job_cols.trace_id)
+    .bind(&job_cols.created)
+    .bind(&job_cols.scheduled)
+    .bind(&job_cols.started)
+    .bind(&job_cols.finished)
+    .bind(&job_cols.fence)
+    .bind(&job_cols.step)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+fn fence_i64(fence: u64) -> i64 {
+    i64::try_from(fence).unwrap_or(i64::MAX)
+}
+
+fn attempt_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Column arrays for the event insert.
+#[derive(Default)]
+struct EventCols {
+    job_id: Vec<uuid::Uuid>,
+    fence: Vec<i64>,
+    step: Vec<i16>,
+    attempt: Vec<i32>,
+    kind: Vec<&'static str>,
+    worker: Vec<Option<String>>,
+    error: Vec<Option<String>>,
+    result: Vec<Option<String>>,
+    at: Vec<i64>,
+}
+
+impl EventCols {
+    fn push(&mut self, e: &JobEvent) {
+        let (worker, error, result) = match &e.kind {
+            JobEventKind::Started { worker } => (Some(worker.to_string()), None, None),
+            JobEventKind::Failed { error, .. } | JobEventKind::Dead { error } => {
+                (None, Some(error.clone()), None)
+            }
+            JobEventKind::Succeeded { result } => (
+                None,
+                None,
+                Some(result.as_ref().map_or("null", |r| r.get()).to_owned()),
+            ),
+            JobEventKind::Enqueued | JobEventKind::Cancelled => (None, None, None),
+        };
+        self.job_id.push(e.job.id.as_uuid());
+        self.fence.push(fence_i64(e.fence));
+        self.step.push(step(&e.kind));
+        self.attempt.push(attempt_i32(e.attempt));
+        self.kind.push(kind_name(&e.kind));
+        self.worker.push(worker);
+        self.error.push(error);
+        self.result.push(result);
+        self.at.push(e.at.0);
+    }
+}
+
+/// Column arrays for the projection upsert.
+#[derive(Default)]
+struct JobCols {
+    id: Vec<uuid::Uuid>,
+    queue: Vec<String>,
+    kind: Vec<String>,
+    state: Vec<&'static str>,
+    priority: Vec<i16>,
+    payload: Vec<String>,
+    result: Vec<Option<String>>,
+    error: Vec<Option<String>>,
+    attempts: Vec<i32>,
+    max_attempts: Vec<i32>,
+    idem: Vec<Option<String>>,
+    tags: Vec<String>,
+    trace_id: Vec<Option<String>>,
+    created: Vec<i64>,
+    scheduled: Vec<i64>,
+    started: Vec<Option<i64>>,
+    finished: Vec<Option<i64>>,
+    fence: Vec<i64>,
+    step: Vec<i16>,
+}
+
+impl JobCols {
+    fn push(&mut self, f: &Folded<'_>) {
+        let e = f.last;
+        let job = &e.job;
+        let (result, scheduled, finished) = match &e.kind {
+            JobEventKind::Succeeded { result } => (
+                Some(result.as_ref().map_or("null", |r| r.get()).to_owned()),
+                job.run_at.0,
+                Some(e.at.0),
+            ),
+            JobEventKind::Failed { retry_at, .. } => (None, retry_at.0, None),
+            JobEventKind::Dead { .. } | JobEventKind::Cancelled => {
+                (None, job.run_at.0, Some(e.at.0))
+            }
+            JobEventKind::Enqueued | JobEventKind::Started { .. } => (None, job.run_at.0, None),
+        };
+        self.id.push(job.id.as_uuid());
+        self.queue.push(job.queue.as_str().to_owned());
+        self.kind.push(job.kind.as_str().to_owned());
+        self.state.push(e.kind.state_after(job).as_str());
+        self.priority.push(job.priority);
+        self.payload.push(job.payload.get().to_owned());
+        self.result.push(result);
+        self.error.push(f.error.clone());
+        self.attempts.push(attempt_i32(e.attempt));
+        self.max_attempts.push(attempt_i32(job.max_attempts));
+        self.idem
+            .push(job.idempotency_key.as_ref().map(|k| k.as_str().to_owned()));
+        self.tags
+            .push(serde_json::to_string(&job.tags).unwrap_or_else(|_| "[]".into()));
+        self.trace_id.push(trace_id(job));
+        self.created.push(job.created_at.0);
+        self.scheduled.push(scheduled);
+        self.started.push(f.started_at);
+        self.finished.push(finished);
+        self.fence.push(fence_i64(e.fence));
+        self.step.push(step(&e.kind));
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+const SELECT_JOB: &str = "SELECT id, queue, kind, state, priority, payload::text AS payload, \
+    result::text AS result, error, attempts, max_attempts, tags, \
+    (EXTRACT(EPOCH FROM created_at) * 1000)::int8 AS created_ms, \
+    (EXTRACT(EPOCH FROM scheduled_at) * 1000)::int8 AS scheduled_ms, \
+    (EXTRACT(EPOCH FROM started_at) * 1000)::int8 AS started_ms, \
+    (EXTRACT(EPOCH FROM finished_at) * 1000)::int8 AS finished_ms \
+    FROM ferry_jobs WHERE id = $1";
+
+fn decode(row: &PgRow) -> StoreResult<JobRecord> {
+    let get = |e: sqlx::Error| corrupt("column", e);
+    let raw = |s: String| {
+        RawValue::from_string(s)
+            .map(Arc::from)
+            .map_err(|e| corrupt("json", e))
+    };
+    let state: String = row.try_get("state").map_err(get)?;
+    let tags: Vec<String> = row.try_get("tags").map_err(get)?;
+    Ok(JobRecord {
+        id: JobId::from_uuid(row.try_get("id").map_err(get)?),
+        queue: QueueName::parse(&row.try_get::<String, _>("queue").map_err(get)?)
+            .map_err(|e| corrupt("queue", e))?,
+        kind: JobKind::parse(&row.try_get::<String, _>("kind").map_err(get)?)
+            .map_err(|e| corrupt("kind", e))?,
+        state: JobState::parse(&state).ok_or_else(|| corrupt("state", &state))?,
+        payload: raw(row.try_get("payload").map_err(get)?)?,
+        result: row
+            .try_get::<Option<String>, _>("result")
+            .map_err(get)?
+            .map(raw)
+            .transpose()?,
+        error: row.try_get("error").map_err(get)?,
+        attempts: u32::try_from(row.try_get::<i32, _>("attempts").map_err(get)?).unwrap_or(0),
+        max_attempts: u32::try_from(row.try_get::<i32, _>("max_attempts").map_err(get)?)
+            .unwrap_or(0),
+        priority: row.try_get("priority").map_err(get)?,
+        tags: tags
+            .iter()
+            .map(|t| ferry_core::Tag::parse(t).map_err(|e| corrupt("tag", e)))
+            .collect::<StoreResult<_>>()?,
+        created_at: UnixMillis(row.try_get("created_ms").map_err(get)?),
+        run_at: UnixMillis(row.try_get("scheduled_ms").map_err(get)?),
+        started_at: row
+            .try_get::<Option<i64>, _>("started_ms")
+            .map_err(get)?
+            .map(UnixMillis),
+        finished_at: row
+            .try_get::<Option<i64>, _>("finished_ms")
+            .map_err(get)?
+            .map(UnixMillis),
+    })
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn record(&self, events: Vec<JobEvent>) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .recorder
+            .submit(events)
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    async fn job(&self, id: JobId) -> StoreResult<Option<JobRecord>> {
+        let row = sqlx::query(SELECT_JOB)
+            .bind(id.as_uuid())
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.inner.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_bounds_are_the_first_uuidv7_of_a_day() {
+        // 2026-11-23T00:00:00Z
+        let day = 1_795_392_000_000;
+        assert_eq!(day_name(day), "20261123");
+        let v7 = |ms: i64| {
+            let ms = u64::try_from(ms).unwrap();
+            uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                ms / 1000,
+                u32::try_from(ms % 1000).unwrap() * 1_000_000,
+            ))
+        };
+        let lo = uuid::Uuid::parse_str(&uuid_floor(day)).unwrap();
+        let hi = uuid::Uuid::parse_str(&uuid_floor(day + DAY_MS)).unwrap();
+        assert!(v7(day) >= lo && v7(day) < hi, "the day's first ms is in");
+        assert!(v7(day + DAY_MS - 1) < hi, "its last ms is in");
+        assert!(v7(day - 1) < lo, "the day before is out");
+        assert!(v7(day + DAY_MS) >= hi, "the day after is out");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("postgres://ferry:pw@db:5432/ferry"),
+            "postgres://ferry:***@db:5432/ferry"
+        );
+    }
+}

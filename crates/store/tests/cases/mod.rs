@@ -1,0 +1,107 @@
+//! Store cases every store implementation passes (the embedded SQLite store and Postgres),
+//! each taking a store connected to a real, fresh database.
+
+use std::sync::Arc;
+
+use ferry_core::store::{JobEvent, JobEventKind, Store};
+use ferry_core::{JobEnvelope, JobKind, JobState, QueueName, UnixMillis};
+use serde_json::value::RawValue;
+
+/// Stores may normalise JSON (Postgres `jsonb` does): compare values, not text.
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap()
+}
+
+fn job() -> Arc<JobEnvelope> {
+    Arc::new(JobEnvelope::new(
+        QueueName::parse("q").unwrap(),
+        JobKind::parse("echo").unwrap(),
+        Arc::from(RawValue::from_string(r#"{"a":1}"#.into()).unwrap()),
+    ))
+}
+
+fn ev(job: &Arc<JobEnvelope>, attempt: u32, fence: u64, kind: JobEventKind) -> JobEvent {
+    JobEvent {
+        job: job.clone(),
+        attempt,
+        fence,
+        at: UnixMillis::now(),
+        kind,
+    }
+}
+
+pub async fn records_a_life_and_ignores_late_and_repeated_events(s: Arc<dyn Store>) {
+    let j = job();
+    assert!(s.job(j.id).await.unwrap().is_none());
+    s.record(vec![ev(&j, 0, 0, JobEventKind::Enqueued)])
+        .await
+        .unwrap();
+    assert_eq!(s.job(j.id).await.unwrap().unwrap().state, JobState::Queued);
+
+    let failed = ev(
+        &j,
+        1,
+        1,
+        JobEventKind::Failed {
+            error: "boom".into(),
+            retry_at: UnixMillis::now(),
+        },
+    );
+    s.record(vec![
+        ev(&j, 1, 1, JobEventKind::Started { worker: "w".into() }),
+        failed.clone(),
+    ])
+    .await
+    .unwrap();
+    let r = s.job(j.id).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.attempts, r.error.as_deref()),
+        (JobState::Retrying, 1, Some("boom"))
+    );
+
+    let result = Arc::from(RawValue::from_string(r#"{"ok":true}"#.into()).unwrap());
+    s.record(vec![
+        ev(&j, 2, 2, JobEventKind::Started { worker: "w".into() }),
+        ev(
+            &j,
+            2,
+            2,
+            JobEventKind::Succeeded {
+                result: Some(result),
+            },
+        ),
+    ])
+    .await
+    .unwrap();
+    // The first attempt's failure arrives again, late: it must not overwrite success.
+    s.record(vec![
+        failed,
+        ev(&j, 1, 1, JobEventKind::Started { worker: "w".into() }),
+    ])
+    .await
+    .unwrap();
+    let r = s.job(j.id).await.unwrap().unwrap();
+    assert_eq!(r.state, JobState::Succeeded);
+    assert_eq!(r.attempts, 2);
+    assert_eq!(json(r.result.unwrap().get()), json(r#"{"ok":true}"#));
+    assert!(r.error.is_none());
+    assert!(r.started_at.is_some() && r.finished_at.is_some());
+}
+
+pub async fn a_worker_event_creates_the_record_when_the_enqueue_event_was_lost(s: Arc<dyn Store>) {
+    let j = job();
+    s.record(vec![ev(
+        &j,
+        1,
+        1,
+        JobEventKind::Dead {
+            error: "gone".into(),
+        },
+    )])
+    .await
+    .unwrap();
+    let r = s.job(j.id).await.unwrap().unwrap();
+    assert_eq!(r.state, JobState::Dead);
+    assert_eq!(r.kind.as_str(), "echo");
+    assert_eq!(json(r.payload.get()), json(r#"{"a":1}"#));
+}

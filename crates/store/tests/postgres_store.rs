@@ -1,0 +1,177 @@
+//! The Postgres store against a real server (`FERRY_TEST_DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable`; `scripts/test` starts one
+//! when none answers). Each test gets a database of its own, dropped when it passes.
+
+mod cases;
+
+use std::sync::Arc;
+
+use ferry_core::store::{JobEvent, JobEventKind, Store};
+use ferry_core::{JobEnvelope, JobKind, QueueName, Tag, UnixMillis};
+use ferry_store::{PgOpenError, PgStore, PgStoreConfig};
+use sqlx::Connection;
+
+fn admin_url() -> String {
+    std::env::var("FERRY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into())
+}
+
+/// `admin_url` with its database replaced by `db`.
+fn url_for(db: &str) -> String {
+    let url = admin_url();
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url.as_str(), None), |(b, q)| (b, Some(q)));
+    let root = &base[..base.rfind('/').expect("a database in the URL")];
+    match query {
+        Some(q) => format!("{root}/{db}?{q}"),
+        None => format!("{root}/{db}"),
+    }
+}
+
+/// A fresh database and a store connected to it.
+async fn fresh() -> (PgStore, String) {
+    let name = format!("ferry_t_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url())
+        .await
+        .expect("the test postgres answers");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let store = PgStore::connect(PgStoreConfig::new(url_for(&name)))
+        .await
+        .unwrap();
+    (store, name)
+}
+
+async fn drop_db(store: PgStore, name: &str) {
+    store.pool().close().await;
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn records_a_life_and_ignores_late_and_repeated_events() {
+    let (s, db) = fresh().await;
+    cases::records_a_life_and_ignores_late_and_repeated_events(Arc::new(s.clone())).await;
+    drop_db(s, &db).await;
+}
+
+#[tokio::test]
+async fn a_worker_event_creates_the_record_when_the_enqueue_event_was_lost() {
+    let (s, db) = fresh().await;
+    cases::a_worker_event_creates_the_record_when_the_enqueue_event_was_lost(Arc::new(s.clone()))
+        .await;
+    drop_db(s, &db).await;
+}
+
+/// The event log keeps each event once, however often it is delivered, and the projection
+/// carries the envelope's tags and trace id.
+#[tokio::test]
+async fn a_repeated_event_is_logged_once() {
+    let (s, db) = fresh().await;
+    let mut job = JobEnvelope::new(
+        QueueName::parse("q").unwrap(),
+        JobKind::parse("noop").unwrap(),
+        JobEnvelope::empty_payload(),
+    );
+    job.tags = vec![Tag::parse("tenant:7").unwrap()];
+    job.headers.insert(
+        "traceparent".into(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+    );
+    let job = Arc::new(job);
+    let ev = |fence, kind| JobEvent {
+        job: job.clone(),
+        attempt: u32::try_from(fence).unwrap(),
+        fence,
+        at: UnixMillis::now(),
+        kind,
+    };
+    let enqueued = ev(0, JobEventKind::Enqueued);
+    let started = ev(1, JobEventKind::Started { worker: "w".into() });
+    // Twice in one batch, and again in a later one.
+    s.record(vec![enqueued.clone(), started.clone(), started.clone()])
+        .await
+        .unwrap();
+    s.record(vec![enqueued, started]).await.unwrap();
+    let (events, kinds): (i64, Vec<String>) = (
+        sqlx::query_scalar("SELECT count(*) FROM ferry_job_events WHERE job_id = $1")
+            .bind(job.id.as_uuid())
+            .fetch_one(s.pool())
+            .await
+            .unwrap(),
+        sqlx::query_scalar(
+            "SELECT kind FROM ferry_job_events WHERE job_id = $1 ORDER BY fence, step",
+        )
+        .bind(job.id.as_uuid())
+        .fetch_all(s.pool())
+        .await
+        .unwrap(),
+    );
+    assert_eq!(events, 2);
+    assert_eq!(kinds, vec!["enqueued", "started"]);
+    let (tags, trace): (Vec<String>, Option<String>) =
+        sqlx::query_as("SELECT tags, trace_id FROM ferry_jobs WHERE id = $1")
+            .bind(job.id.as_uuid())
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+    assert_eq!(tags, vec!["tenant:7"]);
+    assert_eq!(trace.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    let r = s.job(job.id).await.unwrap().unwrap();
+    assert_eq!(r.tags[0].as_str(), "tenant:7");
+    assert_eq!(r.created_at, job.created_at, "millisecond times round-trip");
+    drop_db(s, &db).await;
+}
+
+/// Today's jobs land in today's partition, not the default one.
+#[tokio::test]
+async fn jobs_land_in_their_day_partition() {
+    let (s, db) = fresh().await;
+    let job = Arc::new(JobEnvelope::new(
+        QueueName::parse("q").unwrap(),
+        JobKind::parse("noop").unwrap(),
+        JobEnvelope::empty_payload(),
+    ));
+    s.record(vec![JobEvent {
+        job: job.clone(),
+        attempt: 0,
+        fence: 0,
+        at: UnixMillis::now(),
+        kind: JobEventKind::Enqueued,
+    }])
+    .await
+    .unwrap();
+    let part: String =
+        sqlx::query_scalar("SELECT tableoid::regclass::text FROM ferry_jobs WHERE id = $1")
+            .bind(job.id.as_uuid())
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+    assert!(part.starts_with("ferry_jobs_p"), "landed in {part}");
+    drop_db(s, &db).await;
+}
+
+#[tokio::test]
+async fn bad_urls_are_one_clear_error() {
+    let e = PgStore::connect(PgStoreConfig::new("postgres://127.0.0.1:notaport/x"))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, PgOpenError::InvalidUrl(_)), "{e}");
+    let mut cfg = PgStoreConfig::new("postgres://ferry:s3cret@127.0.0.1:1/x?sslmode=disable");
+    cfg.connect_timeout = std::time::Duration::from_secs(2);
+    let e = PgStore::connect(cfg).await.err().unwrap().to_string();
+    assert!(
+        e.starts_with("cannot use postgres at postgres://ferry:***@127.0.0.1:1/x"),
+        "{e}"
+    );
+    assert!(!e.contains("s3cret") && !e.contains('\n'), "{e}");
+}
