@@ -41,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues/{queue}/jobs/batch", post(submit_batch))
         .route("/v1/queues/{queue}", get(queue_stats))
         .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/events", get(get_job_events))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
@@ -275,6 +276,33 @@ async fn get_job(
         .map_err(|e| ApiError::Unavailable(e.to_string()))?
         .ok_or_else(not_found)?;
     Ok(axum::Json(JobView::from(rec)).into_response())
+}
+
+/// The job's timeline: every recorded event, oldest first. 404 for an unknown job.
+async fn get_job_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no job with id {id:?}"));
+    let job_id = JobId::parse(&id).map_err(|_| not_found())?;
+    let (job, events) = tokio::try_join!(state.store.job(job_id), state.store.events(job_id))
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    job.ok_or_else(not_found)?;
+    let events: Vec<_> = events
+        .into_iter()
+        .map(|e| {
+            serde_json::json!({
+                "kind": e.kind,
+                "attempt": e.attempt,
+                "fence": e.fence,
+                "at": e.at.to_rfc3339(),
+                "worker": e.worker,
+                "error": e.error,
+                "result": e.result,
+            })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "id": job_id, "events": events })).into_response())
 }
 
 async fn queue_stats(

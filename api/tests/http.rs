@@ -114,6 +114,21 @@ async fn submit_then_get() {
     assert_eq!(job["tags"], json!(["tenant:7"]));
     assert_eq!(job["result"], Value::Null);
 
+    // The timeline so far: the API recorded the enqueue.
+    let (status, _, timeline) = call(
+        &app,
+        Request::get(format!("/v1/jobs/{id}/events"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(timeline["id"], id);
+    let events = timeline["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["kind"], "enqueued");
+    assert_eq!(events[0]["attempt"], 0);
+
     let (status, _, body) = call(
         &app,
         post(
@@ -302,6 +317,15 @@ async fn bad_input_gets_problem_json_and_writes_nothing() {
     assert_problem(
         &app,
         Request::get(&unknown).body(Body::empty()).unwrap(),
+        StatusCode::NOT_FOUND,
+        "no job with id",
+    )
+    .await;
+    assert_problem(
+        &app,
+        Request::get(format!("{unknown}/events"))
+            .body(Body::empty())
+            .unwrap(),
         StatusCode::NOT_FOUND,
         "no job with id",
     )

@@ -24,6 +24,9 @@ enum Which {
     Drain,
     /// Enqueue at a steady rate and measure enqueue -> handler start.
     Latency,
+    /// Record history straight into the store: three events (enqueued, started, succeeded)
+    /// per job, batches of `--batch` from `--concurrency` writers.
+    Record,
 }
 
 #[derive(Args)]
@@ -48,6 +51,10 @@ pub(crate) struct BenchArgs {
     /// measure dispatch alone).
     #[arg(long, value_enum, default_value_t = BenchStore::Sqlite)]
     store: BenchStore,
+    /// A store URL (`postgres://...`, `sqlite://...`) to record history in instead of
+    /// `--store`'s choice.
+    #[arg(long)]
+    database: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -157,9 +164,10 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         None => BrokerUrl::Sqlite(tmp.join("broker.db")),
     };
     let broker = open::broker(&broker_url).await?;
-    let store: Arc<dyn ferry_core::store::Store> = match a.store {
-        BenchStore::Sqlite => open::store(&StoreUrl::Sqlite(tmp.join("store.db"))).await?,
-        BenchStore::None => Arc::new(ferry_store::DiscardStore),
+    let store: Arc<dyn ferry_core::store::Store> = match (&a.database, a.store) {
+        (Some(url), _) => open::store(&StoreUrl::parse(url)?).await?,
+        (None, BenchStore::Sqlite) => open::store(&StoreUrl::Sqlite(tmp.join("store.db"))).await?,
+        (None, BenchStore::None) => Arc::new(ferry_store::DiscardStore),
     };
     let queue = QueueName::parse(&format!("bench-{}", std::process::id())).expect("valid");
     let line = match a.which {
@@ -214,6 +222,7 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
             serde_json::json!({"bench":"drain","broker":broker.name(),"store":store.name(),"jobs":a.jobs,"concurrency":a.concurrency,"seconds":secs,"jobs_per_s":a.jobs as f64 / secs})
         }
         Which::Latency => latency(&a, broker.clone(), store, &queue).await?,
+        Which::Record => record(&a, store, &queue).await?,
     };
     println!("{line}");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -240,6 +249,74 @@ async fn drain_quietly(broker: &Arc<dyn Broker>, queue: &QueueName) -> anyhow::R
             .collect();
         broker.settle(&acks).await?;
     }
+}
+
+/// Records `--jobs` jobs' histories (3 events each) and measures events per second.
+async fn record(
+    a: &BenchArgs,
+    store: Arc<dyn ferry_core::store::Store>,
+    queue: &QueueName,
+) -> anyhow::Result<serde_json::Value> {
+    use ferry_core::UnixMillis;
+    use ferry_core::store::{JobEvent, JobEventKind};
+    let worker: Arc<str> = Arc::from("bench");
+    let per_writer = a.jobs.div_ceil(a.concurrency as u64);
+    let p = Progress::new("record", a.jobs * 3);
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..a.concurrency as u64 {
+        let n = per_writer.min(a.jobs.saturating_sub(w * per_writer));
+        let (store, queue, worker, done) =
+            (store.clone(), queue.clone(), worker.clone(), done.clone());
+        let batch_jobs = (a.batch / 3).max(1) as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut left = n;
+            while left > 0 {
+                let take = left.min(batch_jobs);
+                let mut events = Vec::with_capacity(usize::try_from(take * 3).unwrap_or(0));
+                for _ in 0..take {
+                    let job = Arc::new(noop_job(&queue));
+                    let at = UnixMillis::now();
+                    let ev = |attempt, fence, kind| JobEvent {
+                        job: job.clone(),
+                        attempt,
+                        fence,
+                        at,
+                        kind,
+                    };
+                    events.push(ev(0, 0, JobEventKind::Enqueued));
+                    events.push(ev(
+                        1,
+                        1,
+                        JobEventKind::Started {
+                            worker: worker.clone(),
+                        },
+                    ));
+                    events.push(ev(1, 1, JobEventKind::Succeeded { result: None }));
+                }
+                store.record(events).await?;
+                left -= take;
+                done.fetch_add(take * 3, std::sync::atomic::Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let all = futures_join(tasks);
+    tokio::pin!(all);
+    loop {
+        tokio::select! {
+            r = &mut all => { r?; break; }
+            () = tokio::time::sleep(Duration::from_millis(200)) => p.show(done.load(std::sync::atomic::Ordering::Relaxed)),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    p.show(a.jobs * 3);
+    p.finish();
+    let events = a.jobs * 3;
+    Ok(
+        serde_json::json!({"bench":"record","store":store.name(),"jobs":a.jobs,"events":events,"concurrency":a.concurrency,"batch":a.batch,"seconds":secs,"events_per_s":events as f64 / secs}),
+    )
 }
 
 fn micros_now() -> u64 {

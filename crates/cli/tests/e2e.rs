@@ -209,6 +209,35 @@ async fn thousand_jobs_then_sigkill_loses_nothing(env: &[(&str, String)]) {
     assert_eq!(ids.len(), 1000);
     let finals = wait_final(&client, &dev.base, &ids, Duration::from_secs(120)).await;
     assert_as_specified(&ids, &finals);
+    // A job that failed twice has the whole story in its timeline.
+    let (fail_id, _) = ids.iter().find(|(_, i)| **i % 4 == 2).unwrap();
+    let timeline: Value = client
+        .get(format!("{}/v1/jobs/{fail_id}/events", dev.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "enqueued",
+            "started",
+            "failed",
+            "started",
+            "failed",
+            "started",
+            "succeeded"
+        ],
+        "{timeline}"
+    );
 
     // Phase 2: submit while jobs run, SIGKILL mid-stream, restart on the same data dir.
     let mut dev = dev;

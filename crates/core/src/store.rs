@@ -34,6 +34,42 @@ pub enum JobEventKind {
 }
 
 impl JobEventKind {
+    /// The event's name in history (`enqueued`, `started`, ...).
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Enqueued => "enqueued",
+            Self::Started { .. } => "started",
+            Self::Succeeded { .. } => "succeeded",
+            Self::Failed { .. } => "failed",
+            Self::Dead { .. } => "dead",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Order within one lease (fencing token): enqueued, started, finished, cancelled. With
+    /// the token it orders a job's events and keys them, so a repeat is recorded once.
+    #[must_use]
+    pub fn step(&self) -> i16 {
+        match self {
+            Self::Enqueued => 0,
+            Self::Started { .. } => 1,
+            Self::Succeeded { .. } | Self::Failed { .. } | Self::Dead { .. } => 2,
+            Self::Cancelled => 3,
+        }
+    }
+
+    /// What the event itself carries: (worker, error, result).
+    #[must_use]
+    pub fn details(&self) -> (Option<&str>, Option<&str>, Option<&Payload>) {
+        match self {
+            Self::Started { worker } => (Some(worker), None, None),
+            Self::Failed { error, .. } | Self::Dead { error } => (None, Some(error), None),
+            Self::Succeeded { result } => (None, None, result.as_ref()),
+            Self::Enqueued | Self::Cancelled => (None, None, None),
+        }
+    }
+
     /// The state the job is in after this event.
     #[must_use]
     pub fn state_after(&self, job: &JobEnvelope) -> JobState {
@@ -81,6 +117,23 @@ pub struct JobRecord {
     pub finished_at: Option<UnixMillis>,
 }
 
+/// One recorded event, as a job's timeline shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EventRecord {
+    /// `enqueued`, `started`, `succeeded`, `failed`, `dead` or `cancelled`.
+    pub kind: String,
+    pub attempt: u32,
+    /// The lease's fencing token (0 before the first lease).
+    pub fence: u64,
+    pub at: UnixMillis,
+    /// The worker, for `started`.
+    pub worker: Option<String>,
+    /// The error, for `failed` and `dead`.
+    pub error: Option<String>,
+    /// The handler's result, for `succeeded`.
+    pub result: Option<Payload>,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -101,6 +154,9 @@ pub trait Store: Send + Sync + 'static {
     async fn record(&self, events: Vec<JobEvent>) -> StoreResult<()>;
 
     async fn job(&self, id: JobId) -> StoreResult<Option<JobRecord>>;
+
+    /// A job's events, oldest first (by fencing token, then step); empty for an unknown job.
+    async fn events(&self, id: JobId) -> StoreResult<Vec<EventRecord>>;
 
     async fn ping(&self) -> StoreResult<()>;
 }

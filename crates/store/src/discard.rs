@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use ferry_core::JobId;
-use ferry_core::store::{JobEvent, JobRecord, Store, StoreResult};
+use ferry_core::store::{EventRecord, JobEvent, JobRecord, Store, StoreResult};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DiscardStore;
@@ -21,6 +21,10 @@ impl Store for DiscardStore {
 
     async fn job(&self, _id: JobId) -> StoreResult<Option<JobRecord>> {
         Ok(None)
+    }
+
+    async fn events(&self, _id: JobId) -> StoreResult<Vec<EventRecord>> {
+        Ok(Vec::new())
     }
 
     async fn ping(&self) -> StoreResult<()> {

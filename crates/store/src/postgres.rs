@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_batch::Batcher;
-use ferry_core::store::{JobEvent, JobEventKind, JobRecord, Store, StoreError, StoreResult};
+use ferry_core::store::{
+    EventRecord, JobEvent, JobEventKind, JobRecord, Store, StoreError, StoreResult,
+};
 use ferry_core::{JobId, JobKind, JobState, QueueName, UnixMillis};
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -246,28 +248,6 @@ async fn prepare_partitions(pool: &PgPool, now: UnixMillis) -> Result<(), sqlx::
     Ok(())
 }
 
-fn step(kind: &JobEventKind) -> i16 {
-    match kind {
-        JobEventKind::Enqueued => 0,
-        JobEventKind::Started { .. } => 1,
-        JobEventKind::Succeeded { .. }
-        | JobEventKind::Failed { .. }
-        | JobEventKind::Dead { .. } => 2,
-        JobEventKind::Cancelled => 3,
-    }
-}
-
-fn kind_name(kind: &JobEventKind) -> &'static str {
-    match kind {
-        JobEventKind::Enqueued => "enqueued",
-        JobEventKind::Started { .. } => "started",
-        JobEventKind::Succeeded { .. } => "succeeded",
-        JobEventKind::Failed { .. } => "failed",
-        JobEventKind::Dead { .. } => "dead",
-        JobEventKind::Cancelled => "cancelled",
-    }
-}
-
 /// The trace id from a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`).
 fn trace_id(job: &ferry_core::JobEnvelope) -> Option<String> {
     let tp = job.headers.get("traceparent")?;
@@ -290,7 +270,7 @@ fn fold(events: &[JobEvent]) -> Vec<Folded<'_>> {
     by_job
         .into_values()
         .map(|mut evs| {
-            evs.sort_by_key(|e| (e.fence, step(&e.kind)));
+            evs.sort_by_key(|e| (e.fence, e.kind.step()));
             let mut error = None;
             let mut started_at = None;
             for e in &evs {
@@ -417,26 +397,15 @@ struct EventCols {
 
 impl EventCols {
     fn push(&mut self, e: &JobEvent) {
-        let (worker, error, result) = match &e.kind {
-            JobEventKind::Started { worker } => (Some(worker.to_string()), None, None),
-            JobEventKind::Failed { error, .. } | JobEventKind::Dead { error } => {
-                (None, Some(error.clone()), None)
-            }
-            JobEventKind::Succeeded { result } => (
-                None,
-                None,
-                Some(result.as_ref().map_or("null", |r| r.get()).to_owned()),
-            ),
-            JobEventKind::Enqueued | JobEventKind::Cancelled => (None, None, None),
-        };
+        let (worker, error, result) = e.kind.details();
         self.job_id.push(e.job.id.as_uuid());
         self.fence.push(fence_i64(e.fence));
-        self.step.push(step(&e.kind));
+        self.step.push(e.kind.step());
         self.attempt.push(attempt_i32(e.attempt));
-        self.kind.push(kind_name(&e.kind));
-        self.worker.push(worker);
-        self.error.push(error);
-        self.result.push(result);
+        self.kind.push(e.kind.name());
+        self.worker.push(worker.map(str::to_owned));
+        self.error.push(error.map(str::to_owned));
+        self.result.push(result.map(|r| r.get().to_owned()));
         self.at.push(e.at.0);
     }
 }
@@ -501,7 +470,7 @@ impl JobCols {
         self.started.push(f.started_at);
         self.finished.push(finished);
         self.fence.push(fence_i64(e.fence));
-        self.step.push(step(&e.kind));
+        self.step.push(e.kind.step());
     }
 }
 
@@ -586,6 +555,38 @@ impl Store for PgStore {
             .await
             .map_err(|e| unavailable(&e))?;
         row.as_ref().map(decode).transpose()
+    }
+
+    async fn events(&self, id: JobId) -> StoreResult<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT kind, attempt, fence, (EXTRACT(EPOCH FROM at) * 1000)::int8 AS at_ms, \
+                    worker, error, result::text AS result \
+             FROM ferry_job_events WHERE job_id = $1 ORDER BY fence, step",
+        )
+        .bind(id.as_uuid())
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(|e| unavailable(&e))?;
+        rows.iter()
+            .map(|row| {
+                let get = |e: sqlx::Error| corrupt("column", e);
+                Ok(EventRecord {
+                    kind: row.try_get("kind").map_err(get)?,
+                    attempt: u32::try_from(row.try_get::<i32, _>("attempt").map_err(get)?)
+                        .unwrap_or(0),
+                    fence: u64::try_from(row.try_get::<i64, _>("fence").map_err(get)?).unwrap_or(0),
+                    at: UnixMillis(row.try_get("at_ms").map_err(get)?),
+                    worker: row.try_get("worker").map_err(get)?,
+                    error: row.try_get("error").map_err(get)?,
+                    result: row
+                        .try_get::<Option<String>, _>("result")
+                        .map_err(get)?
+                        .map(|r| RawValue::from_string(r).map(Arc::from))
+                        .transpose()
+                        .map_err(|e| corrupt("json", e))?,
+                })
+            })
+            .collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {

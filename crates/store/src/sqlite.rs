@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ferry_batch::Batcher;
-use ferry_core::store::{JobEvent, JobEventKind, JobRecord, Store, StoreError, StoreResult};
+use ferry_core::store::{
+    EventRecord, JobEvent, JobEventKind, JobRecord, Store, StoreError, StoreResult,
+};
 use ferry_core::{JobId, JobKind, JobState, QueueName, UnixMillis};
 use serde_json::value::RawValue;
 use sqlx::sqlite::SqliteRow;
@@ -33,6 +35,18 @@ fn unavailable(e: &sqlx::Error) -> StoreError {
 }
 
 const SCHEMA: &str = r"
+CREATE TABLE IF NOT EXISTS ferry_job_events (
+    job_id  BLOB NOT NULL,
+    fence   INTEGER NOT NULL,
+    step    INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    kind    TEXT NOT NULL,
+    worker  TEXT,
+    error   TEXT,
+    result  TEXT,
+    at      INTEGER NOT NULL,
+    PRIMARY KEY (job_id, fence, step)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ferry_job_records (
     id              BLOB PRIMARY KEY NOT NULL,
     queue           TEXT NOT NULL,
@@ -91,19 +105,28 @@ impl SqliteStore {
     }
 }
 
-fn step(kind: &JobEventKind) -> i64 {
-    match kind {
-        JobEventKind::Enqueued => 0,
-        JobEventKind::Started { .. } => 1,
-        JobEventKind::Succeeded { .. }
-        | JobEventKind::Failed { .. }
-        | JobEventKind::Dead { .. } => 2,
-        JobEventKind::Cancelled => 3,
-    }
-}
-
 async fn write_events(pool: &SqlitePool, events: Vec<JobEvent>) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // The log: a repeated event hits its key and is ignored.
+    for chunk in events.chunks(ROWS_PER_INSERT) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT OR IGNORE INTO ferry_job_events \
+             (job_id, fence, step, attempt, kind, worker, error, result, at) ",
+        );
+        q.push_values(chunk, |mut b, ev| {
+            let (worker, error, result) = ev.kind.details();
+            b.push_bind(ev.job.id.as_uuid().as_bytes().to_vec())
+                .push_bind(i64::try_from(ev.fence).unwrap_or(i64::MAX))
+                .push_bind(i64::from(ev.kind.step()))
+                .push_bind(i64::from(ev.attempt))
+                .push_bind(ev.kind.name())
+                .push_bind(worker.map(str::to_owned))
+                .push_bind(error.map(str::to_owned))
+                .push_bind(result.map(|r| r.get().to_owned()))
+                .push_bind(ev.at.0);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
     for chunk in events.chunks(ROWS_PER_INSERT) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO ferry_job_records (id, queue, kind, state, payload, result, error, \
@@ -152,7 +175,7 @@ async fn write_events(pool: &SqlitePool, events: Vec<JobEvent>) -> Result<(), sq
                 .push_bind(started)
                 .push_bind(finished)
                 .push_bind(i64::try_from(ev.fence).unwrap_or(i64::MAX))
-                .push_bind(step(&ev.kind));
+                .push_bind(i64::from(ev.kind.step()));
         });
         // A started event keeps the previous attempt's error visible until the job succeeds.
         q.push(
@@ -246,6 +269,37 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| unavailable(&e))?;
         row.as_ref().map(decode).transpose()
+    }
+
+    async fn events(&self, id: JobId) -> StoreResult<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT kind, attempt, fence, at, worker, error, result FROM ferry_job_events \
+             WHERE job_id = ? ORDER BY fence, step",
+        )
+        .bind(id.as_uuid().as_bytes().to_vec())
+        .fetch_all(&self.inner.reader)
+        .await
+        .map_err(|e| unavailable(&e))?;
+        rows.iter()
+            .map(|row| {
+                let get = |e: sqlx::Error| corrupt("column", e);
+                Ok(EventRecord {
+                    kind: row.try_get("kind").map_err(get)?,
+                    attempt: u32::try_from(row.try_get::<i64, _>("attempt").map_err(get)?)
+                        .unwrap_or(0),
+                    fence: u64::try_from(row.try_get::<i64, _>("fence").map_err(get)?).unwrap_or(0),
+                    at: UnixMillis(row.try_get("at").map_err(get)?),
+                    worker: row.try_get("worker").map_err(get)?,
+                    error: row.try_get("error").map_err(get)?,
+                    result: row
+                        .try_get::<Option<String>, _>("result")
+                        .map_err(get)?
+                        .map(|r| RawValue::from_string(r).map(Arc::from))
+                        .transpose()
+                        .map_err(|e| corrupt("json", e))?,
+                })
+            })
+            .collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {

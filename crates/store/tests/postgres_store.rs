@@ -71,6 +71,13 @@ async fn a_worker_event_creates_the_record_when_the_enqueue_event_was_lost() {
     drop_db(s, &db).await;
 }
 
+#[tokio::test]
+async fn the_timeline_lists_each_event_once_in_order() {
+    let (s, db) = fresh().await;
+    cases::the_timeline_lists_each_event_once_in_order(Arc::new(s.clone())).await;
+    drop_db(s, &db).await;
+}
+
 /// The event log keeps each event once, however often it is delivered, and the projection
 /// carries the envelope's tags and trace id.
 #[tokio::test]

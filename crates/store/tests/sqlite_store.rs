@@ -28,3 +28,9 @@ async fn a_worker_event_creates_the_record_when_the_enqueue_event_was_lost() {
     let (s, _dir) = store().await;
     cases::a_worker_event_creates_the_record_when_the_enqueue_event_was_lost(s).await;
 }
+
+#[tokio::test]
+async fn the_timeline_lists_each_event_once_in_order() {
+    let (s, _dir) = store().await;
+    cases::the_timeline_lists_each_event_once_in_order(s).await;
+}

@@ -105,3 +105,71 @@ pub async fn a_worker_event_creates_the_record_when_the_enqueue_event_was_lost(s
     assert_eq!(r.kind.as_str(), "echo");
     assert_eq!(json(r.payload.get()), json(r#"{"a":1}"#));
 }
+
+pub async fn the_timeline_lists_each_event_once_in_order(s: Arc<dyn Store>) {
+    let j = job();
+    assert!(
+        s.events(j.id).await.unwrap().is_empty(),
+        "unknown job: no events"
+    );
+    let result = Arc::from(RawValue::from_string(r#"{"n":2}"#.into()).unwrap());
+    let life = vec![
+        ev(&j, 0, 0, JobEventKind::Enqueued),
+        ev(
+            &j,
+            1,
+            1,
+            JobEventKind::Started {
+                worker: "w1".into(),
+            },
+        ),
+        ev(
+            &j,
+            1,
+            1,
+            JobEventKind::Failed {
+                error: "boom".into(),
+                retry_at: UnixMillis::now(),
+            },
+        ),
+        ev(
+            &j,
+            2,
+            2,
+            JobEventKind::Started {
+                worker: "w2".into(),
+            },
+        ),
+        ev(
+            &j,
+            2,
+            2,
+            JobEventKind::Succeeded {
+                result: Some(result),
+            },
+        ),
+    ];
+    // Out of order and delivered twice: the log still holds each event once, in order.
+    let mut shuffled = life.clone();
+    shuffled.reverse();
+    s.record(shuffled).await.unwrap();
+    s.record(life).await.unwrap();
+    let events = s.events(j.id).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["enqueued", "started", "failed", "started", "succeeded"]
+    );
+    assert_eq!(
+        events.iter().map(|e| e.attempt).collect::<Vec<_>>(),
+        [0, 1, 1, 2, 2]
+    );
+    assert_eq!(events[1].worker.as_deref(), Some("w1"));
+    assert_eq!(events[2].error.as_deref(), Some("boom"));
+    assert_eq!(
+        json(events[4].result.as_ref().unwrap().get()),
+        json(r#"{"n":2}"#)
+    );
+    let r = s.job(j.id).await.unwrap().unwrap();
+    assert_eq!(r.state, JobState::Succeeded);
+}
