@@ -132,7 +132,8 @@ async fn accept(
         ferry_telemetry::jobs_enqueued(first.job.queue.as_str(), fresh_by_queue);
     }
     // The job is already safe in the broker; if history cannot be written now, the worker's
-    // events will create the record later, so this is logged rather than failed.
+    // events create the record later (and `ferry` gives the API a `RetryingStore`, which keeps
+    // these events until the store is back), so this is logged rather than failed.
     if let Err(e) = state.store.record(events).await {
         tracing::warn!(error = %e, "could not record enqueue events; history will catch up from the worker");
     }

@@ -1,6 +1,7 @@
 //! `ferry dev`, `ferry api`, `ferry worker` and `ferry migrate`.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::Context;
 use ferry_config::{ApiConfig, DataConfig, ProcessEnv, WorkerConfig};
@@ -83,7 +84,8 @@ pub(crate) async fn run(role: Role) -> anyhow::Result<()> {
     } else {
         let state = ferry_api::AppState {
             broker,
-            store,
+            // Enqueue events outlive a store outage; the worker above keeps the plain store.
+            store: Arc::new(ferry_store::RetryingStore::new(store)),
             metrics,
             body_limit: api_cfg.body_limit,
         };

@@ -443,3 +443,102 @@ async fn redis_api_and_two_worker_processes() {
         let _ = w.wait();
     }
 }
+
+/// Postgres (history) stopped for 10 s in the middle of 10,000 jobs: the API keeps accepting,
+/// workers keep running jobs, and once Postgres is back every job's history is complete
+/// (enqueued, started, succeeded) and every job succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_loses_no_history() {
+    use sqlx::Connection;
+
+    let pg = support::PostgresServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = start(
+        dir.path(),
+        &[
+            ("FERRY_DATABASE_URL", pg.url()),
+            ("FERRY_WORKER_CONCURRENCY", "200".into()),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let batch = |n: usize| {
+        let jobs: Vec<Value> = (0..n)
+            .map(|i| json!({"kind": "sleep", "payload": {"ms": 1 + i % 3}}))
+            .collect();
+        json!({ "jobs": jobs })
+    };
+    let submit = |body: Value| {
+        let client = client.clone();
+        let url = format!("{}/v1/queues/outage/jobs/batch", dev.base);
+        async move {
+            let resp = client.post(url).json(&body).send().await.unwrap();
+            assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+            let v: Value = resp.json().await.unwrap();
+            v["jobs"].as_array().unwrap().len()
+        }
+    };
+    let backlog = || {
+        let client = client.clone();
+        let url = format!("{}/v1/queues/outage", dev.base);
+        async move {
+            let q: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            q["stats"]["ready"].as_u64().unwrap()
+        }
+    };
+    let mut accepted = 0;
+    for _ in 0..5 {
+        accepted += submit(batch(1000)).await;
+    }
+    pg.stop();
+    // The API still accepts (the broker has the jobs; their history waits for Postgres).
+    for _ in 0..5 {
+        accepted += submit(batch(1000)).await;
+    }
+    assert_eq!(accepted, 10_000);
+    let during = backlog().await;
+    // Workers keep working while Postgres is away: the backlog shrinks.
+    let start = Instant::now();
+    while backlog().await >= during && during > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "workers stalled while postgres was down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let down_for = Duration::from_secs(10).saturating_sub(start.elapsed());
+    tokio::time::sleep(down_for).await;
+    pg.restart();
+
+    // Every job's history completes once Postgres is back.
+    let mut conn = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let (succeeded, events): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM ferry_jobs WHERE state = 'succeeded'), \
+                    (SELECT count(*) FROM ferry_job_events)",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if succeeded == 10_000 && events == 30_000 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "after postgres came back: {succeeded} of 10000 jobs succeeded, {events} of 30000 events"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let incomplete: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT job_id FROM ferry_job_events GROUP BY job_id \
+         HAVING array_agg(kind ORDER BY fence, step) <> ARRAY['enqueued','started','succeeded']) t",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        incomplete, 0,
+        "every job's timeline is enqueued, started, succeeded"
+    );
+    drop(dev);
+}

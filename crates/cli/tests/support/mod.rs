@@ -126,3 +126,129 @@ pub async fn fresh_database() -> String {
         None => format!("{root}/{name}"),
     }
 }
+
+/// A Postgres server of this test's own (initdb in a temp dir, a free port), so that it can
+/// be stopped and started without disturbing other tests. Runs as `postgres` when the test
+/// runs as root (Postgres refuses root).
+pub struct PostgresServer {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl PostgresServer {
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| {
+                let mut v: Vec<PathBuf> = d.flatten().map(|e| e.path().join("bin")).collect();
+                v.sort();
+                v.pop()
+            })
+            .expect("postgres binaries under /usr/lib/postgresql (scripts/test installs them)");
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let s = Self { bin, dir, port };
+        if is_root() {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres", s.dir.path().to_str().unwrap()])
+                .status()
+                .unwrap();
+        }
+        let data = s.data();
+        s.run(
+            "initdb",
+            &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        );
+        s.pg_ctl("start");
+        s
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").to_str().unwrap().to_owned()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd.args(args).output().expect("run a postgres tool");
+        assert!(
+            out.status.success(),
+            "{tool} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let data = self.data();
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        match action {
+            "start" => self.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &data,
+                    "-o",
+                    &opts,
+                    "-w",
+                    "-l",
+                    &format!("{data}.log"),
+                    "start",
+                ],
+            ),
+            _ => self.run("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]),
+        }
+    }
+
+    /// Stops the server (fast shutdown: connections are cut).
+    pub fn stop(&self) {
+        self.pg_ctl("stop");
+    }
+
+    pub fn restart(&self) {
+        self.pg_ctl("start");
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let data = self.data();
+        let exe = self.bin.join("pg_ctl");
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let _ = cmd.args(["-D", &data, "-m", "immediate", "stop"]).output();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
