@@ -13,6 +13,11 @@ pub enum ApiError {
     /// Well-formed, but a field is wrong: bad queue name, kind, value out of range.
     Invalid(String),
     NotFound(String),
+    /// A query parameter is malformed; names it.
+    BadParameter {
+        name: String,
+        detail: String,
+    },
     TooLarge(usize),
     UnsupportedMediaType(String),
     /// The broker or store cannot be reached; the request may be retried.
@@ -42,6 +47,12 @@ impl ApiError {
                 "urn:ferry:problem:invalid-request",
                 "Invalid request",
                 d.clone(),
+            ),
+            Self::BadParameter { name, detail } => (
+                StatusCode::BAD_REQUEST,
+                "urn:ferry:problem:invalid-parameter",
+                "Invalid query parameter",
+                format!("query parameter {name:?}: {detail}"),
             ),
             Self::NotFound(d) => (
                 StatusCode::NOT_FOUND,

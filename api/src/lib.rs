@@ -3,13 +3,14 @@
 mod error;
 mod submit;
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -264,19 +265,67 @@ impl From<JobRecord> for JobView {
     }
 }
 
+/// Longest `?wait=` a caller may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How often a waiting request looks at the store again.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
+/// `30s`, `500ms` or a bare number of seconds, at most [`MAX_WAIT`].
+fn parse_wait(v: &str) -> Result<Duration, ApiError> {
+    let bad = |detail: &str| ApiError::BadParameter {
+        name: "wait".into(),
+        detail: format!("{v:?} {detail}"),
+    };
+    let (num, unit_ms) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        (v, 1000)
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| bad("is not a duration such as 30s or 500ms"))?;
+    let d = Duration::from_millis(n.saturating_mul(unit_ms));
+    if d > MAX_WAIT {
+        return Err(bad("is longer than the 60s limit"));
+    }
+    Ok(d)
+}
+
+/// The job; with `?wait=30s`, holds the request until the job is final (succeeded, dead or
+/// cancelled) or the wait ends, then answers with the job as it is.
 async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    params: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadParameter {
+        name: "query".into(),
+        detail: e.body_text(),
+    })?;
+    if let Some(name) = params.keys().find(|k| *k != "wait") {
+        return Err(ApiError::BadParameter {
+            name: name.clone(),
+            detail: "is not a parameter of this endpoint (only wait)".into(),
+        });
+    }
+    let wait = params.get("wait").map(|v| parse_wait(v)).transpose()?;
     let not_found = || ApiError::NotFound(format!("no job with id {id:?}"));
     let job_id = JobId::parse(&id).map_err(|_| not_found())?;
-    let rec = state
-        .store
-        .job(job_id)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?
-        .ok_or_else(not_found)?;
-    Ok(axum::Json(JobView::from(rec)).into_response())
+    let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
+    loop {
+        let rec = state
+            .store
+            .job(job_id)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            .ok_or_else(not_found)?;
+        if rec.state.is_final() || tokio::time::Instant::now() >= deadline {
+            return Ok(axum::Json(JobView::from(rec)).into_response());
+        }
+        tokio::time::sleep(WAIT_POLL.min(deadline - tokio::time::Instant::now())).await;
+    }
 }
 
 /// The job's timeline: every recorded event, oldest first. 404 for an unknown job.

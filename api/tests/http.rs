@@ -8,6 +8,7 @@ use ferry_api::{AppState, router};
 use ferry_broker_sqlite::{SqliteBroker, SqliteBrokerConfig};
 use ferry_core::QueueName;
 use ferry_core::broker::Broker;
+use ferry_core::store::Store;
 use ferry_store::{SqliteStore, SqliteStoreConfig};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -16,6 +17,7 @@ use tower::ServiceExt;
 struct App {
     router: axum::Router,
     broker: Arc<dyn Broker>,
+    store: Arc<dyn Store>,
     _dir: tempfile::TempDir,
 }
 
@@ -26,7 +28,7 @@ async fn app(body_limit: usize) -> App {
             .await
             .unwrap(),
     );
-    let store = Arc::new(
+    let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(SqliteStoreConfig {
             path: dir.path().join("s.db"),
         })
@@ -35,13 +37,14 @@ async fn app(body_limit: usize) -> App {
     );
     let state = AppState {
         broker: broker.clone(),
-        store,
+        store: store.clone(),
         metrics: ferry_telemetry::install(),
         body_limit,
     };
     App {
         router: router(state),
         broker,
+        store,
         _dir: dir,
     }
 }
@@ -381,4 +384,69 @@ async fn health_ready_metrics() {
         "{text}"
     );
     assert!(text.contains("ferry_http_requests_total"));
+}
+
+#[tokio::test]
+async fn wait_long_polls_until_the_job_is_final_or_the_wait_ends() {
+    let app = app(1 << 20).await;
+    let (_, _, body) = call(&app, post("/v1/queues/lp/jobs", r#"{"kind":"noop"}"#)).await;
+    let id = body["id"].as_str().unwrap().to_owned();
+    let get = |q: &str| {
+        Request::get(format!("/v1/jobs/{id}{q}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    // Nothing runs the job here: the wait ends and the job comes back as it is.
+    let started = std::time::Instant::now();
+    let (status, _, job) = call(&app, get("?wait=300ms")).await;
+    assert_eq!(
+        (status, job["state"].as_str()),
+        (StatusCode::OK, Some("queued"))
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+
+    // The job finishes while the request waits: the answer comes then, not at the end.
+    let store = app.store.clone();
+    let job_id = ferry_core::JobId::parse(&id).unwrap();
+    let finisher = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let job = Arc::new(ferry_core::JobEnvelope {
+            id: job_id,
+            ..ferry_core::JobEnvelope::new(
+                QueueName::parse("lp").unwrap(),
+                ferry_core::JobKind::parse("noop").unwrap(),
+                ferry_core::JobEnvelope::empty_payload(),
+            )
+        });
+        store
+            .record(vec![ferry_core::store::JobEvent {
+                job,
+                attempt: 1,
+                fence: 1,
+                at: ferry_core::UnixMillis::now(),
+                kind: ferry_core::store::JobEventKind::Succeeded { result: None },
+            }])
+            .await
+            .unwrap();
+    });
+    let started = std::time::Instant::now();
+    let (status, _, job) = call(&app, get("?wait=30s")).await;
+    finisher.await.unwrap();
+    assert_eq!(
+        (status, job["state"].as_str()),
+        (StatusCode::OK, Some("succeeded"))
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+    // Bad parameters: 400 problem+json naming the parameter.
+    assert_problem(&app, get("?wait=soon"), StatusCode::BAD_REQUEST, "\"wait\"").await;
+    assert_problem(&app, get("?wait=61s"), StatusCode::BAD_REQUEST, "60s limit").await;
+    assert_problem(
+        &app,
+        get("?colour=red"),
+        StatusCode::BAD_REQUEST,
+        "\"colour\"",
+    )
+    .await;
 }
