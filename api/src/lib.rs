@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+mod search;
 mod submit;
 
 use std::collections::HashMap;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues/{queue}/jobs", post(submit_one))
         .route("/v1/queues/{queue}/jobs/batch", post(submit_batch))
         .route("/v1/queues/{queue}", get(queue_stats))
+        .route("/v1/jobs", get(search_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/events", get(get_job_events))
         .route("/healthz", get(|| async { "ok" }))
@@ -263,6 +265,32 @@ impl From<JobRecord> for JobView {
             finished_at: r.finished_at.map(UnixMillis::to_rfc3339),
         }
     }
+}
+
+/// `GET /v1/jobs`: filtered, newest first, a page at a time.
+async fn search_jobs(
+    State(state): State<AppState>,
+    pairs: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(pairs) = pairs.map_err(|e| ApiError::BadParameter {
+        name: "query".into(),
+        detail: e.body_text(),
+    })?;
+    let mut query = search::parse(&pairs)?;
+    let page = query.limit;
+    // One more than a page tells whether there is a next one.
+    query.limit = page + 1;
+    let mut found = state
+        .store
+        .search(&query)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let next = (found.len() > page).then(|| {
+        found.truncate(page);
+        search::next_link(&pairs, found[page - 1].id)
+    });
+    let jobs: Vec<JobView> = found.into_iter().map(JobView::from).collect();
+    Ok(axum::Json(serde_json::json!({ "jobs": jobs, "next": next })).into_response())
 }
 
 /// Longest `?wait=` a caller may ask for.

@@ -450,3 +450,53 @@ async fn wait_long_polls_until_the_job_is_final_or_the_wait_ends() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn search_filters_and_pages_with_a_next_link() {
+    let app = app(1 << 20).await;
+    for body in [
+        r#"{"kind":"email.send","payload":{"user_id":42},"tags":["tenant:7"]}"#,
+        r#"{"kind":"email.send","payload":{"user_id":7}}"#,
+        r#"{"kind":"report.build","payload":{"user_id":42}}"#,
+    ] {
+        let (status, _, _) = call(&app, post("/v1/queues/search/jobs", body)).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    let (status, _, page) = call(&app, get("/v1/jobs?queue=search&limit=2")).await;
+    assert_eq!(status, StatusCode::OK);
+    let jobs = page["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[0]["kind"], "report.build", "newest first");
+    let next = page["next"].as_str().unwrap().to_owned();
+    assert!(
+        next.contains("queue=search") && next.contains("cursor="),
+        "{next}"
+    );
+    let (_, _, page2) = call(&app, get(&next)).await;
+    assert_eq!(page2["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(page2["jobs"][0]["payload"], json!({"user_id": 42}));
+    assert_eq!(page2["next"], Value::Null);
+
+    let (_, _, hits) = call(
+        &app,
+        get("/v1/jobs?queue=search&kind=email.send&payload.user_id=42&state=queued"),
+    )
+    .await;
+    assert_eq!(hits["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(hits["jobs"][0]["tags"], json!(["tenant:7"]));
+    let (_, _, by_tag) = call(&app, get("/v1/jobs?tag=tenant:7&queue=search")).await;
+    assert_eq!(by_tag["jobs"].as_array().unwrap().len(), 1);
+
+    for (uri, names) in [
+        ("/v1/jobs?state=bogus", "\"state\""),
+        ("/v1/jobs?cursor=not-a-cursor", "\"cursor\""),
+        ("/v1/jobs?limit=0", "\"limit\""),
+        ("/v1/jobs?created_after=noon", "\"created_after\""),
+        ("/v1/jobs?payload.a%20b=1", "\"payload.a b\""),
+        ("/v1/jobs?colour=red", "\"colour\""),
+        ("/v1/jobs?queue=a&queue=b", "\"queue\""),
+    ] {
+        assert_problem(&app, get(uri), StatusCode::BAD_REQUEST, names).await;
+    }
+}

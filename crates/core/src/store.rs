@@ -134,6 +134,26 @@ pub struct EventRecord {
     pub result: Option<Payload>,
 }
 
+/// A search over job history. Every filter present must match; results come newest first
+/// (by id, which is creation order), a page at a time.
+#[derive(Clone, Debug, Default)]
+pub struct JobQuery {
+    pub queue: Option<QueueName>,
+    pub state: Option<JobState>,
+    pub kind: Option<JobKind>,
+    pub tag: Option<Tag>,
+    /// Created at or after.
+    pub created_from: Option<UnixMillis>,
+    /// Created before.
+    pub created_to: Option<UnixMillis>,
+    /// Payload containment: each (path, JSON value) must hold, e.g. (`["user_id"]`, `42`).
+    pub payload: Vec<(Vec<String>, serde_json::Value)>,
+    /// Keyset cursor: only jobs older than this one (the last id of the previous page).
+    pub before: Option<JobId>,
+    /// Page size.
+    pub limit: usize,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -157,6 +177,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// A job's events, oldest first (by fencing token, then step); empty for an unknown job.
     async fn events(&self, id: JobId) -> StoreResult<Vec<EventRecord>>;
+
+    /// Jobs matching `query`, newest first, at most `query.limit`.
+    async fn search(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>>;
 
     async fn ping(&self) -> StoreResult<()>;
 }

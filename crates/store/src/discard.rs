@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use ferry_core::JobId;
-use ferry_core::store::{EventRecord, JobEvent, JobRecord, Store, StoreResult};
+use ferry_core::store::{EventRecord, JobEvent, JobQuery, JobRecord, Store, StoreResult};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DiscardStore;
@@ -24,6 +24,10 @@ impl Store for DiscardStore {
     }
 
     async fn events(&self, _id: JobId) -> StoreResult<Vec<EventRecord>> {
+        Ok(Vec::new())
+    }
+
+    async fn search(&self, _query: &JobQuery) -> StoreResult<Vec<JobRecord>> {
         Ok(Vec::new())
     }
 

@@ -14,12 +14,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_batch::Batcher;
 use ferry_core::store::{
-    EventRecord, JobEvent, JobEventKind, JobRecord, Store, StoreError, StoreResult,
+    EventRecord, JobEvent, JobEventKind, JobQuery, JobRecord, Store, StoreError, StoreResult,
 };
 use ferry_core::{JobId, JobKind, JobState, QueueName, UnixMillis};
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 /// How to reach Postgres.
 #[derive(Clone, Debug)]
@@ -127,6 +127,13 @@ const STEPS: &[&str] = &[
         PRIMARY KEY (job_id, fence, step)
     ) PARTITION BY RANGE (job_id);
     CREATE TABLE ferry_job_events_default PARTITION OF ferry_job_events DEFAULT;
+    ",
+    // 2: indexes for GET /v1/jobs (docs/store-queries.md explains each).
+    r"
+    CREATE INDEX ferry_jobs_kind ON ferry_jobs (kind, id);
+    CREATE INDEX ferry_jobs_state ON ferry_jobs (state, id);
+    CREATE INDEX ferry_jobs_tags ON ferry_jobs USING gin (tags);
+    CREATE INDEX ferry_jobs_payload ON ferry_jobs USING gin (payload jsonb_path_ops);
     ",
 ];
 
@@ -478,13 +485,50 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-const SELECT_JOB: &str = "SELECT id, queue, kind, state, priority, payload::text AS payload, \
-    result::text AS result, error, attempts, max_attempts, tags, \
-    (EXTRACT(EPOCH FROM created_at) * 1000)::int8 AS created_ms, \
-    (EXTRACT(EPOCH FROM scheduled_at) * 1000)::int8 AS scheduled_ms, \
-    (EXTRACT(EPOCH FROM started_at) * 1000)::int8 AS started_ms, \
-    (EXTRACT(EPOCH FROM finished_at) * 1000)::int8 AS finished_ms \
-    FROM ferry_jobs WHERE id = $1";
+/// The columns `decode` reads.
+macro_rules! job_columns {
+    () => {
+        "id, queue, kind, state, priority, payload::text AS payload, \
+         result::text AS result, error, attempts, max_attempts, tags, \
+         (EXTRACT(EPOCH FROM created_at) * 1000)::int8 AS created_ms, \
+         (EXTRACT(EPOCH FROM scheduled_at) * 1000)::int8 AS scheduled_ms, \
+         (EXTRACT(EPOCH FROM started_at) * 1000)::int8 AS started_ms, \
+         (EXTRACT(EPOCH FROM finished_at) * 1000)::int8 AS finished_ms"
+    };
+}
+
+const SELECT_JOB: &str = concat!("SELECT ", job_columns!(), " FROM ferry_jobs WHERE id = $1");
+
+/// Slack between a job's id time and its `created_at`, for pruning partitions by id.
+const ID_SLACK_MS: i64 = 60_000;
+
+/// `{"a":{"b":v}}` from (`["a","b"]`, v), merged for every pair: one containment document.
+fn containment(pairs: &[(Vec<String>, serde_json::Value)]) -> serde_json::Value {
+    fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+        match (into, from) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    match a.get_mut(&k) {
+                        Some(existing) => merge(existing, v),
+                        None => {
+                            a.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+    let mut doc = serde_json::json!({});
+    for (path, value) in pairs {
+        let nested = path.iter().rev().fold(
+            value.clone(),
+            |inner, key| serde_json::json!({ key: inner }),
+        );
+        merge(&mut doc, nested);
+    }
+    doc
+}
 
 fn decode(row: &PgRow) -> StoreResult<JobRecord> {
     let get = |e: sqlx::Error| corrupt("column", e);
@@ -587,6 +631,59 @@ impl Store for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn search(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>> {
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM ferry_jobs WHERE TRUE"
+        ));
+        if let Some(v) = &query.queue {
+            q.push(" AND queue = ").push_bind(v.as_str().to_owned());
+        }
+        if let Some(v) = query.state {
+            q.push(" AND state = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &query.kind {
+            q.push(" AND kind = ").push_bind(v.as_str().to_owned());
+        }
+        if let Some(v) = &query.tag {
+            q.push(" AND tags @> ARRAY[")
+                .push_bind(v.as_str().to_owned())
+                .push("]::text[]");
+        }
+        // Time bounds also bound the id, so that only the days asked for are scanned.
+        if let Some(from) = query.created_from {
+            q.push(" AND created_at >= to_timestamp(")
+                .push_bind(from.0)
+                .push(" / 1000.0) AND id >= ")
+                .push_bind(uuid_floor(from.0 - ID_SLACK_MS))
+                .push("::uuid");
+        }
+        if let Some(to) = query.created_to {
+            q.push(" AND created_at < to_timestamp(")
+                .push_bind(to.0)
+                .push(" / 1000.0) AND id < ")
+                .push_bind(uuid_floor(to.0 + ID_SLACK_MS))
+                .push("::uuid");
+        }
+        if !query.payload.is_empty() {
+            q.push(" AND payload @> ")
+                .push_bind(containment(&query.payload).to_string())
+                .push("::jsonb");
+        }
+        if let Some(before) = query.before {
+            q.push(" AND id < ").push_bind(before.as_uuid());
+        }
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
+        let rows = q
+            .build()
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        rows.iter().map(decode).collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {

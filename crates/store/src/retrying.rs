@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_core::JobId;
-use ferry_core::store::{EventRecord, JobEvent, JobRecord, Store, StoreResult};
+use ferry_core::store::{EventRecord, JobEvent, JobQuery, JobRecord, Store, StoreResult};
 use tokio::sync::mpsc;
 
 /// Batches waiting for the store before `record` makes callers wait (back-pressure).
@@ -88,6 +88,10 @@ impl Store for RetryingStore {
 
     async fn events(&self, id: JobId) -> StoreResult<Vec<EventRecord>> {
         self.inner.events(id).await
+    }
+
+    async fn search(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>> {
+        self.inner.search(query).await
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ferry_batch::Batcher;
 use ferry_core::store::{
-    EventRecord, JobEvent, JobEventKind, JobRecord, Store, StoreError, StoreResult,
+    EventRecord, JobEvent, JobEventKind, JobQuery, JobRecord, Store, StoreError, StoreResult,
 };
 use ferry_core::{JobId, JobKind, JobState, QueueName, UnixMillis};
 use serde_json::value::RawValue;
@@ -269,6 +269,54 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| unavailable(&e))?;
         row.as_ref().map(decode).transpose()
+    }
+
+    async fn search(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>> {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT * FROM ferry_job_records WHERE 1 = 1");
+        if let Some(v) = &query.queue {
+            q.push(" AND queue = ").push_bind(v.as_str().to_owned());
+        }
+        if let Some(v) = query.state {
+            q.push(" AND state = ").push_bind(v.as_str());
+        }
+        if let Some(v) = &query.kind {
+            q.push(" AND kind = ").push_bind(v.as_str().to_owned());
+        }
+        if let Some(v) = &query.tag {
+            q.push(" AND EXISTS (SELECT 1 FROM json_each(ferry_job_records.tags) WHERE value = ")
+                .push_bind(v.as_str().to_owned())
+                .push(")");
+        }
+        if let Some(from) = query.created_from {
+            q.push(" AND created_at >= ").push_bind(from.0);
+        }
+        if let Some(to) = query.created_to {
+            q.push(" AND created_at < ").push_bind(to.0);
+        }
+        for (path, value) in &query.payload {
+            // Keys are plain names (the API checks): `$."a"."b"` needs no further escaping.
+            let json_path: String = std::iter::once("$".to_owned())
+                .chain(path.iter().map(|k| format!(".\"{k}\"")))
+                .collect();
+            q.push(" AND json_extract(payload, ")
+                .push_bind(json_path)
+                .push(") IS json_extract(")
+                .push_bind(value.to_string())
+                .push(", '$')");
+        }
+        if let Some(before) = query.before {
+            q.push(" AND id < ")
+                .push_bind(before.as_uuid().as_bytes().to_vec());
+        }
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
+        let rows = q
+            .build()
+            .fetch_all(&self.inner.reader)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        rows.iter().map(decode).collect()
     }
 
     async fn events(&self, id: JobId) -> StoreResult<Vec<EventRecord>> {

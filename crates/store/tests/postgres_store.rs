@@ -182,3 +182,10 @@ async fn bad_urls_are_one_clear_error() {
     );
     assert!(!e.contains("s3cret") && !e.contains('\n'), "{e}");
 }
+
+#[tokio::test]
+async fn search_filters_and_pages_newest_first() {
+    let (s, db) = fresh().await;
+    cases::search_filters_and_pages_newest_first(Arc::new(s.clone())).await;
+    drop_db(s, &db).await;
+}

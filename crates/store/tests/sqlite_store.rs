@@ -34,3 +34,9 @@ async fn the_timeline_lists_each_event_once_in_order() {
     let (s, _dir) = store().await;
     cases::the_timeline_lists_each_event_once_in_order(s).await;
 }
+
+#[tokio::test]
+async fn search_filters_and_pages_newest_first() {
+    let (s, _dir) = store().await;
+    cases::search_filters_and_pages_newest_first(s).await;
+}

@@ -173,3 +173,129 @@ pub async fn the_timeline_lists_each_event_once_in_order(s: Arc<dyn Store>) {
     let r = s.job(j.id).await.unwrap().unwrap();
     assert_eq!(r.state, JobState::Succeeded);
 }
+
+fn job_in(queue: &str, kind: &str, payload: &str, tag: Option<&str>) -> Arc<JobEnvelope> {
+    let mut j = JobEnvelope::new(
+        QueueName::parse(queue).unwrap(),
+        JobKind::parse(kind).unwrap(),
+        Arc::from(RawValue::from_string(payload.into()).unwrap()),
+    );
+    j.tags = tag
+        .map(|t| ferry_core::Tag::parse(t).unwrap())
+        .into_iter()
+        .collect();
+    Arc::new(j)
+}
+
+fn ids(records: &[ferry_core::store::JobRecord]) -> Vec<ferry_core::JobId> {
+    records.iter().map(|r| r.id).collect()
+}
+
+pub async fn search_filters_and_pages_newest_first(s: Arc<dyn Store>) {
+    use ferry_core::store::JobQuery;
+    // A queue name of this run's own, so that a shared database holds no one else's jobs.
+    let queue = format!(
+        "search-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
+    let a = job_in(
+        &queue,
+        "email.send",
+        r#"{"user_id":42,"to":{"domain":"x.org"}}"#,
+        Some("tenant:7"),
+    );
+    let b = job_in(&queue, "email.send", r#"{"user_id":7}"#, Some("tenant:8"));
+    let c = job_in(&queue, "report.build", r#"{"user_id":42}"#, None);
+    let d = job_in(
+        "elsewhere",
+        "email.send",
+        r#"{"user_id":42}"#,
+        Some("tenant:7"),
+    );
+    let mut events = Vec::new();
+    for j in [&a, &b, &c, &d] {
+        events.push(ev(j, 0, 0, JobEventKind::Enqueued));
+    }
+    events.push(ev(&b, 1, 1, JobEventKind::Dead { error: "no".into() }));
+    s.record(events).await.unwrap();
+    let q = |f: &dyn Fn(&mut JobQuery)| {
+        let mut q = JobQuery {
+            queue: Some(QueueName::parse(&queue).unwrap()),
+            limit: 10,
+            ..JobQuery::default()
+        };
+        f(&mut q);
+        q
+    };
+    let all = s.search(&q(&|_| {})).await.unwrap();
+    assert_eq!(
+        ids(&all),
+        vec![c.id, b.id, a.id],
+        "newest first, this queue only"
+    );
+    let by_kind = s
+        .search(&q(&|q| {
+            q.kind = Some(JobKind::parse("email.send").unwrap());
+        }))
+        .await
+        .unwrap();
+    assert_eq!(ids(&by_kind), vec![b.id, a.id]);
+    let dead = s
+        .search(&q(&|q| q.state = Some(JobState::Dead)))
+        .await
+        .unwrap();
+    assert_eq!(ids(&dead), vec![b.id]);
+    let tagged = s
+        .search(&q(&|q| {
+            q.tag = Some(ferry_core::Tag::parse("tenant:7").unwrap());
+        }))
+        .await
+        .unwrap();
+    assert_eq!(ids(&tagged), vec![a.id]);
+    let user_42 = s
+        .search(&q(&|q| {
+            q.payload = vec![(vec!["user_id".into()], serde_json::json!(42))];
+        }))
+        .await
+        .unwrap();
+    assert_eq!(ids(&user_42), vec![c.id, a.id]);
+    let nested = s
+        .search(&q(&|q| {
+            q.payload = vec![
+                (vec!["user_id".into()], serde_json::json!(42)),
+                (
+                    vec!["to".into(), "domain".into()],
+                    serde_json::json!("x.org"),
+                ),
+            ];
+        }))
+        .await
+        .unwrap();
+    assert_eq!(ids(&nested), vec![a.id]);
+    let window = s
+        .search(&q(&|q| {
+            q.created_from = Some(a.created_at);
+            q.created_to = Some(UnixMillis(c.created_at.0 + 1));
+        }))
+        .await
+        .unwrap();
+    assert_eq!(ids(&window), vec![c.id, b.id, a.id]);
+    let none = s
+        .search(&q(&|q| {
+            q.created_from = Some(UnixMillis(c.created_at.0 + 60_000));
+        }))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    // Pages of two: the cursor is the last id of the previous page.
+    let first = s.search(&q(&|q| q.limit = 2)).await.unwrap();
+    assert_eq!(ids(&first), vec![c.id, b.id]);
+    let second = s
+        .search(&q(&|q| {
+            q.limit = 2;
+            q.before = Some(b.id);
+        }))
+        .await
+        .unwrap();
+    assert_eq!(ids(&second), vec![a.id]);
+}
