@@ -165,8 +165,10 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
     };
     let broker = open::broker(&broker_url).await?;
     let store: Arc<dyn ferry_core::store::Store> = match (&a.database, a.store) {
-        (Some(url), _) => open::store(&StoreUrl::parse(url)?).await?,
-        (None, BenchStore::Sqlite) => open::store(&StoreUrl::Sqlite(tmp.join("store.db"))).await?,
+        (Some(url), _) => open::store(&StoreUrl::parse(url)?, None).await?,
+        (None, BenchStore::Sqlite) => {
+            open::store(&StoreUrl::Sqlite(tmp.join("store.db")), None).await?
+        }
         (None, BenchStore::None) => Arc::new(ferry_store::DiscardStore),
     };
     let queue = QueueName::parse(&format!("bench-{}", std::process::id())).expect("valid");

@@ -37,7 +37,10 @@ pub(crate) async fn broker(url: &BrokerUrl) -> anyhow::Result<Arc<dyn Broker>> {
     }
 }
 
-pub(crate) async fn store(url: &StoreUrl) -> anyhow::Result<Arc<dyn Store>> {
+pub(crate) async fn store(
+    url: &StoreUrl,
+    retention: Option<std::time::Duration>,
+) -> anyhow::Result<Arc<dyn Store>> {
     match url {
         StoreUrl::Sqlite(path) => {
             let s = SqliteStore::open(SqliteStoreConfig { path: path.clone() })
@@ -45,7 +48,12 @@ pub(crate) async fn store(url: &StoreUrl) -> anyhow::Result<Arc<dyn Store>> {
                 .with_context(|| format!("opening the store at sqlite://{}", path.display()))?;
             Ok(Arc::new(s))
         }
-        StoreUrl::Postgres(url) => match PgStore::connect(PgStoreConfig::new(url)).await {
+        StoreUrl::Postgres(url) => match PgStore::connect(PgStoreConfig {
+            retention,
+            ..PgStoreConfig::new(url)
+        })
+        .await
+        {
             Ok(s) => Ok(Arc::new(s)),
             Err(e @ PgOpenError::InvalidUrl(_)) => {
                 Err(UsageError(format!("FERRY_DATABASE_URL: {e}")).into())

@@ -52,7 +52,7 @@ pub(crate) async fn run(role: Role) -> anyhow::Result<()> {
     let api_cfg = ApiConfig::from_env(&env)?;
     let worker_cfg = WorkerConfig::from_env(&env)?;
     let broker = open::broker(&data.broker).await?;
-    let store = open::store(&data.store).await?;
+    let store = open::store(&data.store, data.retention).await?;
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
     let metrics = ferry_telemetry::install();
@@ -122,7 +122,7 @@ pub(crate) async fn migrate() -> anyhow::Result<()> {
     let data = DataConfig::from_env(&ProcessEnv)?;
     // Opening migrates.
     open::broker(&data.broker).await?;
-    open::store(&data.store).await?;
+    open::store(&data.store, data.retention).await?;
     println!("ferry: broker and store schemas are up to date");
     Ok(())
 }

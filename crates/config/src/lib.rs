@@ -161,6 +161,9 @@ pub struct DataConfig {
     pub broker: BrokerUrl,
     /// `FERRY_DATABASE_URL` (default `sqlite://$FERRY_DATA_DIR/store.db`).
     pub store: StoreUrl,
+    /// `FERRY_HISTORY_RETENTION_DAYS` (default 7; 0 keeps everything): Postgres history older
+    /// than this is dropped by day once all of that day's jobs are final.
+    pub retention: Option<Duration>,
 }
 
 impl DataConfig {
@@ -183,6 +186,15 @@ impl DataConfig {
             data_dir,
             broker,
             store,
+            retention: match parsed(
+                env,
+                "FERRY_HISTORY_RETENTION_DAYS",
+                7u64,
+                "a whole number of days (0 keeps everything)",
+            )? {
+                0 => None,
+                days => Some(Duration::from_secs(days.saturating_mul(86_400))),
+            },
         })
     }
 }
@@ -304,6 +316,9 @@ mod tests {
             d.store,
             StoreUrl::Sqlite(PathBuf::from("./ferry-data/store.db"))
         );
+        assert_eq!(d.retention, Some(Duration::from_secs(7 * 86_400)));
+        let keep = env(&[("FERRY_HISTORY_RETENTION_DAYS", "0")]);
+        assert_eq!(DataConfig::from_env(&keep).unwrap().retention, None);
         let a = ApiConfig::from_env(&e).unwrap();
         assert_eq!(a.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(a.body_limit, 1 << 20);

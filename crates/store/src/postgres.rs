@@ -32,6 +32,9 @@ pub struct PgStoreConfig {
     pub connect_timeout: Duration,
     /// Most events per recorder flush.
     pub max_batch: usize,
+    /// History older than this is dropped, a day's partitions at a time, once every job in
+    /// them is final (succeeded, dead, cancelled). `None` keeps everything. Default 7 days.
+    pub retention: Option<Duration>,
 }
 
 impl PgStoreConfig {
@@ -42,6 +45,7 @@ impl PgStoreConfig {
             max_connections: 8,
             connect_timeout: Duration::from_secs(5),
             max_batch: 10_000,
+            retention: Some(Duration::from_secs(7 * 86_400)),
         }
     }
 }
@@ -64,7 +68,20 @@ pub struct PgStore {
 struct Inner {
     pool: PgPool,
     recorder: Batcher<JobEvent, (), Arc<str>>,
+    retention: Option<Duration>,
+    maintenance: Option<tokio::task::JoinHandle<()>>,
 }
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(t) = &self.maintenance {
+            t.abort();
+        }
+    }
+}
+
+/// How often partitions are prepared ahead and expired ones dropped.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 
 fn unavailable(e: &sqlx::Error) -> StoreError {
     StoreError::Unavailable(format!("postgres: {e}"))
@@ -199,9 +216,37 @@ impl PgStore {
                     .map_err(|e| Arc::<str>::from(format!("postgres: {e}")))
             }
         });
+        let maintenance = {
+            let pool = pool.clone();
+            let retention = config.retention;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(MAINTENANCE_EVERY).await;
+                    if let Err(e) = maintain(&pool, retention, UnixMillis::now()).await {
+                        tracing::warn!(error = %e, "history maintenance failed; will try again");
+                    }
+                }
+            })
+        };
         Ok(Self {
-            inner: Arc::new(Inner { pool, recorder }),
+            inner: Arc::new(Inner {
+                pool,
+                recorder,
+                retention: config.retention,
+                maintenance: Some(maintenance),
+            }),
         })
+    }
+
+    /// Prepares the coming days' partitions and drops expired ones as if it were `now`; the
+    /// store does this by itself every hour. Returns the days dropped (`YYYYMMDD`).
+    ///
+    /// # Errors
+    /// When Postgres fails.
+    pub async fn maintain(&self, now: UnixMillis) -> StoreResult<Vec<String>> {
+        maintain(&self.inner.pool, self.inner.retention, now)
+            .await
+            .map_err(|e| unavailable(&e))
     }
 
     /// The pool, for tests and maintenance tasks.
@@ -233,6 +278,73 @@ async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
             .await?;
     }
     tx.commit().await
+}
+
+/// Prepares partitions around `now` and, with a retention, drops each day whose end is older
+/// than `now - retention` and whose jobs are all final. Returns the days dropped.
+async fn maintain(
+    pool: &PgPool,
+    retention: Option<Duration>,
+    now: UnixMillis,
+) -> Result<Vec<String>, sqlx::Error> {
+    prepare_partitions(pool, now).await?;
+    let Some(retention) = retention else {
+        return Ok(Vec::new());
+    };
+    let cutoff = now.0 - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let days: Vec<String> = sqlx::query_scalar(
+        "SELECT substr(c.relname, 13) FROM pg_inherits i \
+         JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
+         WHERE p.relname = 'ferry_jobs' AND c.relname ~ '^ferry_jobs_p[0-9]{8}$' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut dropped = Vec::new();
+    for day in days {
+        let Some(start) = day_start(&day) else {
+            continue;
+        };
+        if start + DAY_MS > cutoff {
+            continue;
+        }
+        let mut tx = pool.begin().await?;
+        // Built only from a name Postgres listed and checked as 8 digits.
+        let waiting: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM ferry_jobs_p{day} \
+             WHERE state NOT IN ('succeeded', 'dead', 'cancelled'))"
+        )))
+        .fetch_one(&mut *tx)
+        .await?;
+        if waiting {
+            tracing::info!(
+                day,
+                "history past retention kept: some of its jobs are not final yet"
+            );
+            continue;
+        }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE ferry_jobs_p{day}; DROP TABLE IF EXISTS ferry_job_events_p{day}"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(day, "history past retention dropped");
+        dropped.push(day);
+    }
+    Ok(dropped)
+}
+
+/// The start (epoch ms) of the UTC day named `YYYYMMDD`.
+fn day_start(name: &str) -> Option<i64> {
+    let n: u32 = name.parse().ok()?;
+    let month = time::Month::try_from(u8::try_from(n / 100 % 100).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(
+        i32::try_from(n / 10_000).ok()?,
+        month,
+        u8::try_from(n % 100).ok()?,
+    )
+    .ok()?;
+    Some(date.midnight().assume_utc().unix_timestamp() * 1000)
 }
 
 /// Creates the daily partitions of both tables from yesterday to a week ahead (idempotent).
@@ -704,6 +816,7 @@ mod tests {
         // 2026-11-23T00:00:00Z
         let day = 1_795_392_000_000;
         assert_eq!(day_name(day), "20261123");
+        assert_eq!(day_start("20261123"), Some(day));
         let v7 = |ms: i64| {
             let ms = u64::try_from(ms).unwrap();
             uuid::Uuid::new_v7(uuid::Timestamp::from_unix(

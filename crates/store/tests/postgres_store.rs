@@ -189,3 +189,74 @@ async fn search_filters_and_pages_newest_first() {
     cases::search_filters_and_pages_newest_first(Arc::new(s.clone())).await;
     drop_db(s, &db).await;
 }
+
+/// Retention drops a day's partitions once the day is older than the retention and every job
+/// in it is final; a day with a job still waiting is kept until that job ends.
+#[tokio::test]
+async fn retention_drops_whole_days_of_final_jobs() {
+    let (s, db) = fresh().await;
+    const DAY: i64 = 86_400_000;
+    let now = UnixMillis::now();
+    let today = now.0 - now.0.rem_euclid(DAY);
+    let job_at = |ms: i64| {
+        let ms = u64::try_from(ms).unwrap();
+        let mut j = JobEnvelope::new(
+            QueueName::parse("q").unwrap(),
+            JobKind::parse("noop").unwrap(),
+            JobEnvelope::empty_payload(),
+        );
+        j.id = ferry_core::JobId::from_uuid(uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            ms / 1000,
+            0,
+        )));
+        Arc::new(j)
+    };
+    let ev = |job: &Arc<JobEnvelope>, fence: u64, kind| JobEvent {
+        job: job.clone(),
+        attempt: u32::try_from(fence).unwrap(),
+        fence,
+        at: now,
+        kind,
+    };
+    let done = job_at(today + 1000);
+    let waiting = job_at(today + DAY + 1000);
+    s.record(vec![
+        ev(&done, 0, JobEventKind::Enqueued),
+        ev(&done, 1, JobEventKind::Started { worker: "w".into() }),
+        ev(&done, 1, JobEventKind::Succeeded { result: None }),
+        ev(&waiting, 0, JobEventKind::Enqueued),
+    ])
+    .await
+    .unwrap();
+
+    // Nothing is old enough yet.
+    assert!(s.maintain(now).await.unwrap().is_empty());
+    // Nine and a half days on, with the default 7-day retention: yesterday and today go;
+    // tomorrow stays, its job is still queued.
+    let later = UnixMillis(today + 9 * DAY + DAY / 2);
+    let day = |ms: i64| {
+        let d = time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+            .unwrap()
+            .date();
+        format!("{:04}{:02}{:02}", d.year(), u8::from(d.month()), d.day())
+    };
+    let dropped = s.maintain(later).await.unwrap();
+    assert_eq!(dropped, vec![day(today - DAY), day(today)]);
+    assert!(s.job(done.id).await.unwrap().is_none());
+    assert!(s.events(done.id).await.unwrap().is_empty());
+    assert!(s.job(waiting.id).await.unwrap().is_some());
+    // Once that job ends, its day goes too.
+    s.record(vec![ev(
+        &waiting,
+        1,
+        JobEventKind::Dead {
+            error: "gave up".into(),
+        },
+    )])
+    .await
+    .unwrap();
+    assert_eq!(s.maintain(later).await.unwrap(), vec![day(today + DAY)]);
+    assert!(s.job(waiting.id).await.unwrap().is_none());
+    drop_db(s, &db).await;
+}
