@@ -27,6 +27,9 @@ enum Which {
     /// Record history straight into the store: three events (enqueued, started, succeeded)
     /// per job, batches of `--batch` from `--concurrency` writers.
     Record,
+    /// Fill the store with `--jobs` jobs, then time `GET /v1/jobs`-style searches (one JSON
+    /// line per filter: p50, p99 over `--rate` queries each).
+    Query,
 }
 
 #[derive(Args)]
@@ -225,6 +228,12 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         }
         Which::Latency => latency(&a, broker.clone(), store, &queue).await?,
         Which::Record => record(&a, store, &queue).await?,
+        Which::Query => {
+            for line in query(&a, store).await? {
+                println!("{line}");
+            }
+            return Ok(());
+        }
     };
     println!("{line}");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -319,6 +328,138 @@ async fn record(
     Ok(
         serde_json::json!({"bench":"record","store":store.name(),"jobs":a.jobs,"events":events,"concurrency":a.concurrency,"batch":a.batch,"seconds":secs,"events_per_s":events as f64 / secs}),
     )
+}
+
+/// Fills the store with varied jobs (10 queues, 5 kinds, 100 tenant tags, 10,000 users, a
+/// third of them succeeded), then runs each filter `--rate` times.
+async fn query(
+    a: &BenchArgs,
+    store: Arc<dyn ferry_core::store::Store>,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    use ferry_core::store::{JobEvent, JobEventKind, JobQuery};
+    use ferry_core::{JobState, Tag, UnixMillis};
+    let kinds = [
+        "email.send",
+        "report.build",
+        "image.resize",
+        "sms.send",
+        "webhook.post",
+    ];
+    let p = Progress::new("fill", a.jobs);
+    let mut done = 0u64;
+    let fill_start = UnixMillis::now();
+    while done < a.jobs {
+        let take = (a.jobs - done).min(5_000);
+        let mut events = Vec::with_capacity(usize::try_from(take).unwrap_or(0) * 2);
+        for i in done..done + take {
+            let queue = QueueName::parse(&format!("q{}", i % 10)).expect("name");
+            let payload = RawValue::from_string(format!("{{\"user_id\":{}}}", i % 10_000))?;
+            let mut job = JobEnvelope::new(
+                queue,
+                JobKind::parse(kinds[usize::try_from(i % 5).unwrap_or(0)]).expect("kind"),
+                Arc::from(payload),
+            );
+            job.tags = vec![Tag::parse(&format!("tenant:{}", i % 100)).expect("tag")];
+            let job = Arc::new(job);
+            let at = UnixMillis::now();
+            events.push(JobEvent {
+                job: job.clone(),
+                attempt: 0,
+                fence: 0,
+                at,
+                kind: JobEventKind::Enqueued,
+            });
+            if i % 3 == 0 {
+                events.push(JobEvent {
+                    job,
+                    attempt: 1,
+                    fence: 1,
+                    at,
+                    kind: JobEventKind::Succeeded { result: None },
+                });
+            }
+        }
+        store.record(events).await?;
+        done += take;
+        p.show(done);
+    }
+    p.finish();
+    // As autovacuum would after a bulk load, before anyone queries.
+    store.refresh_statistics().await?;
+    let mid = UnixMillis(fill_start.0 + (UnixMillis::now().0 - fill_start.0) / 2);
+    let base = || JobQuery {
+        limit: 50,
+        ..JobQuery::default()
+    };
+    let filters: Vec<(&str, JobQuery)> = vec![
+        (
+            "queue+state",
+            JobQuery {
+                queue: QueueName::parse("q3").ok(),
+                state: Some(JobState::Succeeded),
+                ..base()
+            },
+        ),
+        (
+            "kind",
+            JobQuery {
+                kind: JobKind::parse("sms.send").ok(),
+                ..base()
+            },
+        ),
+        (
+            "tag",
+            JobQuery {
+                tag: Tag::parse("tenant:42").ok(),
+                ..base()
+            },
+        ),
+        (
+            "payload",
+            JobQuery {
+                payload: vec![(vec!["user_id".into()], serde_json::json!(4242))],
+                ..base()
+            },
+        ),
+        (
+            "created_range",
+            JobQuery {
+                created_from: Some(mid),
+                created_to: Some(UnixMillis(mid.0 + 1000)),
+                ..base()
+            },
+        ),
+        ("queue_page_2", {
+            let first = store
+                .search(&JobQuery {
+                    queue: QueueName::parse("q7").ok(),
+                    ..base()
+                })
+                .await?;
+            JobQuery {
+                queue: QueueName::parse("q7").ok(),
+                before: first.last().map(|r| r.id),
+                ..base()
+            }
+        }),
+    ];
+    let mut lines = Vec::new();
+    for (name, q) in filters {
+        let mut micros = Vec::with_capacity(usize::try_from(a.rate).unwrap_or(0));
+        let mut found = 0;
+        for _ in 0..a.rate {
+            let t = Instant::now();
+            found = store.search(&q).await?.len();
+            micros.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+        }
+        micros.sort_unstable();
+        let pct = |x: f64| {
+            let idx = ((micros.len() as f64 - 1.0) * x).round() as usize;
+            micros[idx.min(micros.len() - 1)] as f64 / 1000.0
+        };
+        lines.push(serde_json::json!({"bench":"query","store":store.name(),"jobs":a.jobs,"filter":name,"queries":a.rate,"rows":found,"p50_ms":pct(0.5),"p99_ms":pct(0.99)}));
+    }
+    Ok(lines)
 }
 
 fn micros_now() -> u64 {

@@ -46,9 +46,12 @@ impl JobEnvelope {
 
     #[must_use]
     pub fn new(queue: QueueName, kind: JobKind, payload: Payload) -> Self {
-        let now = UnixMillis::now();
+        let id = JobId::new();
+        // The id says when it was made: creation time is that instant exactly, so that
+        // filtering by creation time can be filtering by id.
+        let now = id.created_at();
         Self {
-            id: JobId::new(),
+            id,
             queue,
             kind,
             payload,

@@ -27,6 +27,26 @@ impl JobId {
         self.0
     }
 
+    /// The millisecond a v7 id was made in (what its first 48 bits say); 0 for other UUIDs.
+    #[must_use]
+    pub fn created_at(&self) -> crate::UnixMillis {
+        let b = self.0.as_bytes();
+        let ms = b[..6]
+            .iter()
+            .fold(0i64, |acc, x| (acc << 8) | i64::from(*x));
+        crate::UnixMillis(if self.0.get_version_num() == 7 { ms } else { 0 })
+    }
+
+    /// The smallest id of millisecond `at`: every job created at or after `at` has an id at or
+    /// above it, every earlier one below. Range filters on creation time use it.
+    #[must_use]
+    pub fn first_at(at: crate::UnixMillis) -> Self {
+        let ms = u64::try_from(at.0).unwrap_or(0) & 0xffff_ffff_ffff;
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+        Self(Uuid::from_bytes(bytes))
+    }
+
     /// Parses the text form; anything but a UUID is refused.
     ///
     /// # Errors
@@ -84,5 +104,15 @@ mod tests {
         assert!(a < b, "v7 ids created later sort later");
         assert_eq!(JobId::parse(&a.to_string()), Ok(a));
         assert_eq!(JobId::parse("nope"), Err(ParseJobIdError));
+    }
+
+    #[test]
+    fn creation_time_bounds() {
+        let a = JobId::new();
+        let at = a.created_at();
+        assert!((crate::UnixMillis::now().0 - at.0).abs() < 10_000);
+        assert!(JobId::first_at(at) <= a);
+        assert!(JobId::first_at(crate::UnixMillis(at.0 + 1)) > a);
+        assert_eq!(JobId::first_at(at).as_uuid().as_bytes()[6..], [0; 10]);
     }
 }

@@ -182,4 +182,10 @@ pub trait Store: Send + Sync + 'static {
     async fn search(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>>;
 
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Refreshes the query planner's statistics (after a bulk load, say). Stores without a
+    /// planner to tell do nothing.
+    async fn refresh_statistics(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }

@@ -94,6 +94,10 @@ impl Store for RetryingStore {
         self.inner.search(query).await
     }
 
+    async fn refresh_statistics(&self) -> StoreResult<()> {
+        self.inner.refresh_statistics().await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }

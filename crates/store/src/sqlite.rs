@@ -288,11 +288,14 @@ impl Store for SqliteStore {
                 .push_bind(v.as_str().to_owned())
                 .push(")");
         }
+        // A job's id encodes its creation time: time bounds are id bounds.
         if let Some(from) = query.created_from {
-            q.push(" AND created_at >= ").push_bind(from.0);
+            q.push(" AND id >= ")
+                .push_bind(JobId::first_at(from).as_uuid().as_bytes().to_vec());
         }
         if let Some(to) = query.created_to {
-            q.push(" AND created_at < ").push_bind(to.0);
+            q.push(" AND id < ")
+                .push_bind(JobId::first_at(to).as_uuid().as_bytes().to_vec());
         }
         for (path, value) in &query.payload {
             // Keys are plain names (the API checks): `$."a"."b"` needs no further escaping.
