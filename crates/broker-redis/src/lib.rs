@@ -65,20 +65,6 @@ pub enum ConnectError {
     Unreachable { url: String, reason: String },
 }
 
-/// `redis://user:secret@host` -> `redis://user:***@host`, for messages and logs.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 impl RedisBroker {
     /// Connects, checks the server answers, and starts the wake-up subscription.
     ///
@@ -86,7 +72,7 @@ impl RedisBroker {
     /// When the URL is not a Redis URL or the server does not answer within
     /// `connect_timeout`.
     pub async fn connect(config: RedisBrokerConfig) -> Result<Self, ConnectError> {
-        let shown = redacted(&config.url);
+        let shown = ferry_core::redacted_url(&config.url);
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| ConnectError::InvalidUrl(format!("{shown}: {e}")))?;
         let unreachable = |reason: String| ConnectError::Unreachable {
@@ -280,20 +266,5 @@ impl Broker for RedisBroker {
             .query_async::<()>(&mut conn)
             .await
             .map_err(|e| unavailable(&e))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redacted;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redacted("redis://ferry:s3cret@10.0.0.1:6379/0"),
-            "redis://ferry:***@10.0.0.1:6379/0"
-        );
-        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redacted("redis://:pw@h"), "redis://:***@h");
     }
 }

@@ -83,6 +83,19 @@ fn spec(i: usize) -> (&'static str, Value, u32, u32, Option<Value>) {
     }
 }
 
+/// Every accepted job reaches the end and succeeds: 0 lost.
+async fn assert_all_succeed(
+    client: &reqwest::Client,
+    base: &str,
+    accepted: &HashMap<String, usize>,
+) {
+    let finals = wait_final(client, base, accepted, Duration::from_secs(120)).await;
+    assert_eq!(finals.len(), accepted.len(), "0 lost");
+    for (id, job) in &finals {
+        assert_eq!(job["state"], "succeeded", "job {id}: {job}");
+    }
+}
+
 /// Every job succeeded with the attempts and result its `spec` promises.
 fn assert_as_specified(ids: &HashMap<String, usize>, finals: &HashMap<String, Value>) {
     for (id, job) in finals {
@@ -292,11 +305,7 @@ async fn thousand_jobs_then_sigkill_loses_nothing(env: &[(&str, String)]) {
     );
 
     let dev2 = start(dir.path(), env);
-    let finals = wait_final(&client, &dev2.base, &accepted, Duration::from_secs(120)).await;
-    assert_eq!(finals.len(), accepted.len(), "0 lost");
-    for (id, job) in &finals {
-        assert_eq!(job["state"], "succeeded", "job {id} after restart: {job}");
-    }
+    assert_all_succeed(&client, &dev2.base, &accepted).await;
 }
 
 /// Redis with AOF (`appendfsync always`) is SIGKILLed and restarted while `ferry dev` takes
@@ -402,11 +411,7 @@ async fn redis_restart_with_aof_loses_no_accepted_job() {
         "redis restart: {} accepted, {refused} refused with 503 during the outage",
         accepted.len()
     );
-    let finals = wait_final(&client, &dev.base, &accepted, Duration::from_secs(120)).await;
-    assert_eq!(finals.len(), accepted.len(), "0 lost");
-    for (id, job) in &finals {
-        assert_eq!(job["state"], "succeeded", "job {id}: {job}");
-    }
+    assert_all_succeed(&client, &dev.base, &accepted).await;
 }
 
 /// The split deployment on Redis: one `ferry api` and two `ferry worker` processes (sharing

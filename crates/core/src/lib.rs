@@ -8,6 +8,7 @@ mod retry;
 mod state;
 pub mod store;
 mod time;
+mod url;
 
 pub use envelope::{JobEnvelope, Payload};
 pub use id::{JobId, ParseJobIdError};
@@ -15,3 +16,4 @@ pub use name::{IdempotencyKey, JobKind, NameError, QueueName, Tag};
 pub use retry::RetryPolicy;
 pub use state::{IllegalTransition, JobState};
 pub use time::UnixMillis;
+pub use url::redacted_url;

@@ -87,20 +87,6 @@ fn unavailable(e: &sqlx::Error) -> StoreError {
     StoreError::Unavailable(format!("postgres: {e}"))
 }
 
-/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 /// Versioned schema steps; each runs once, in order, in a transaction.
 const STEPS: &[&str] = &[
     // 1: the projection and the event log, partitioned by id (= creation time), each with a
@@ -186,7 +172,7 @@ impl PgStore {
     /// # Errors
     /// A malformed URL, or a server that cannot be reached or migrated.
     pub async fn connect(config: PgStoreConfig) -> Result<Self, PgOpenError> {
-        let shown = redacted(&config.url);
+        let shown = ferry_core::redacted_url(&config.url);
         let options: PgConnectOptions = config
             .url
             .parse()
@@ -834,13 +820,5 @@ mod tests {
         assert!(v7(day + DAY_MS - 1) < hi, "its last ms is in");
         assert!(v7(day - 1) < lo, "the day before is out");
         assert!(v7(day + DAY_MS) >= hi, "the day after is out");
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redacted("postgres://ferry:pw@db:5432/ferry"),
-            "postgres://ferry:***@db:5432/ferry"
-        );
     }
 }
