@@ -16,9 +16,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use ferry_core::broker::Broker;
+use ferry_core::broker::{Broker, EnqueueOutcome};
 use ferry_core::store::{JobEvent, JobEventKind, JobRecord, Store};
-use ferry_core::{IdempotencyKey, JobEnvelope, JobId, JobState, UnixMillis};
+use ferry_core::{IdempotencyKey, JobEnvelope, JobId, JobState, Tenant, UnixMillis};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
@@ -93,17 +93,67 @@ fn initial_state(job: &JobEnvelope) -> JobState {
     }
 }
 
+/// For each job with an idempotency key, the job history says first used its (tenant, key),
+/// if any: keys are unique per tenant across queues and beyond the broker's dedup window. A
+/// store that cannot answer is logged and skipped; the broker still deduplicates per queue.
+async fn known_keys(state: &AppState, jobs: &[JobEnvelope]) -> Vec<Option<JobId>> {
+    let keyed: Vec<(usize, (Option<Tenant>, IdempotencyKey))> = jobs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, j)| Some((i, (j.tenant.clone(), j.idempotency_key.clone()?))))
+        .collect();
+    let mut out = vec![None; jobs.len()];
+    if keyed.is_empty() {
+        return out;
+    }
+    let keys: Vec<_> = keyed.iter().map(|(_, k)| k.clone()).collect();
+    match state.store.jobs_by_key(&keys).await {
+        Ok(found) => {
+            for ((i, _), id) in keyed.iter().zip(found) {
+                out[*i] = id;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "idempotency keys checked by the broker only: the store did not answer");
+        }
+    }
+    out
+}
+
 /// Enqueues, then records history for the new (non-duplicate) jobs. Returns, per job, its
 /// id, state and whether it was a replay of an earlier submission.
 async fn accept(
     state: &AppState,
     jobs: Vec<JobEnvelope>,
 ) -> Result<Vec<(Accepted, bool)>, ApiError> {
-    let outcomes = state
-        .broker
-        .enqueue(jobs.clone())
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let known = known_keys(state, &jobs).await;
+    let to_broker: Vec<JobEnvelope> = jobs
+        .iter()
+        .zip(&known)
+        .filter(|(_, k)| k.is_none())
+        .map(|(j, _)| j.clone())
+        .collect();
+    let mut fresh_outcomes = if to_broker.is_empty() {
+        Vec::new()
+    } else {
+        state
+            .broker
+            .enqueue(to_broker)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+    }
+    .into_iter();
+    let outcomes = known
+        .into_iter()
+        .map(|k| match k {
+            Some(id) => Some(EnqueueOutcome {
+                id,
+                duplicate: true,
+            }),
+            None => fresh_outcomes.next(),
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| ApiError::Unavailable("broker returned too few outcomes".into()))?;
     let mut events = Vec::new();
     let mut out = Vec::with_capacity(jobs.len());
     let mut fresh_by_queue = 0u64;
@@ -238,6 +288,10 @@ struct JobView {
     payload: Arc<serde_json::value::RawValue>,
     result: Option<Arc<serde_json::value::RawValue>>,
     error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
     tags: Vec<String>,
     created_at: String,
     run_at: String,
@@ -258,6 +312,8 @@ impl From<JobRecord> for JobView {
             payload: r.payload,
             result: r.result,
             error: r.error,
+            tenant: r.tenant.map(|t| t.to_string()),
+            idempotency_key: r.idempotency_key.map(|k| k.to_string()),
             tags: r.tags.iter().map(ToString::to_string).collect(),
             created_at: r.created_at.to_rfc3339(),
             run_at: r.run_at.to_rfc3339(),

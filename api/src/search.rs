@@ -2,7 +2,7 @@
 //! 400 that names it, and keyset pagination with a `next` link.
 
 use ferry_core::store::JobQuery;
-use ferry_core::{JobId, JobKind, JobState, QueueName, Tag, UnixMillis};
+use ferry_core::{JobId, JobKind, JobState, QueueName, Tag, Tenant, UnixMillis};
 
 use crate::error::ApiError;
 
@@ -12,7 +12,7 @@ pub(crate) const MAX_LIMIT: usize = 500;
 
 const STATES: &str = "queued, scheduled, running, retrying, succeeded, dead, cancelled";
 const FILTERS: &str =
-    "queue, state, kind, tag, created_after, created_before, payload.<path>, limit, cursor";
+    "queue, state, kind, tenant, tag, created_after, created_before, payload.<path>, limit, cursor";
 
 fn bad(name: &str, detail: impl Into<String>) -> ApiError {
     ApiError::BadParameter {
@@ -60,6 +60,9 @@ pub(crate) fn parse(pairs: &[(String, String)]) -> Result<JobQuery, ApiError> {
                 q.queue = Some(QueueName::parse(value).map_err(|e| bad(name, e.to_string()))?);
             }
             "kind" => q.kind = Some(JobKind::parse(value).map_err(|e| bad(name, e.to_string()))?),
+            "tenant" => {
+                q.tenant = Some(Tenant::parse(value).map_err(|e| bad(name, e.to_string()))?);
+            }
             "tag" => q.tag = Some(Tag::parse(value).map_err(|e| bad(name, e.to_string()))?),
             "state" => {
                 q.state =
@@ -126,11 +129,12 @@ mod tests {
     #[test]
     fn parses_every_filter() {
         let q = parse(&pairs(
-            "queue=emails&state=dead&kind=email.send&tag=tenant:7&created_after=2026-11-23T12:00:00Z&created_before=1795400000000&payload.user_id=42&payload.to.domain=x.org&limit=10",
+            "queue=emails&state=dead&kind=email.send&tenant=acme&tag=tenant:7&created_after=2026-11-23T12:00:00Z&created_before=1795400000000&payload.user_id=42&payload.to.domain=x.org&limit=10",
         ))
         .unwrap();
         assert_eq!(q.queue.unwrap().as_str(), "emails");
         assert_eq!(q.state, Some(JobState::Dead));
+        assert_eq!(q.tenant.unwrap().as_str(), "acme");
         assert_eq!(q.limit, 10);
         assert_eq!(q.created_to, Some(UnixMillis(1_795_400_000_000)));
         assert_eq!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
-use ferry_core::{IdempotencyKey, JobEnvelope, JobKind, QueueName, Tag, UnixMillis};
+use ferry_core::{IdempotencyKey, JobEnvelope, JobKind, QueueName, Tag, Tenant, UnixMillis};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -27,6 +27,9 @@ pub(crate) struct SubmitJob {
     tags: Vec<Tag>,
     /// For batch submissions; single submissions may use the `Idempotency-Key` header.
     idempotency_key: Option<IdempotencyKey>,
+    /// Who the job belongs to: idempotency keys are unique per tenant, and history can be
+    /// searched by it.
+    tenant: Option<Tenant>,
 }
 
 /// `POST /v1/queues/{queue}/jobs/batch` body.
@@ -120,6 +123,7 @@ impl SubmitJob {
         job.priority = self.priority.unwrap_or(0);
         job.tags = self.tags;
         job.idempotency_key = self.idempotency_key.or(header_key);
+        job.tenant = self.tenant;
         if let Some(tp) = traceparent {
             job.headers.insert("traceparent".into(), tp.to_owned());
         }

@@ -29,11 +29,9 @@ async fn app(body_limit: usize) -> App {
             .unwrap(),
     );
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(SqliteStoreConfig {
-            path: dir.path().join("s.db"),
-        })
-        .await
-        .unwrap(),
+        SqliteStore::open(SqliteStoreConfig::new(dir.path().join("s.db")))
+            .await
+            .unwrap(),
     );
     let state = AppState {
         broker: broker.clone(),
@@ -57,6 +55,10 @@ async fn call(app: &App, req: Request<Body>) -> (StatusCode, axum::http::HeaderM
     let body = serde_json::from_slice(&bytes)
         .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
     (status, headers, body)
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
 }
 
 fn post(path: &str, body: &str) -> Request<Body> {
@@ -176,6 +178,68 @@ async fn idempotency_key_returns_the_original() {
             .ready,
         1
     );
+}
+
+/// Keys are unique per tenant: another tenant's same key is a new job; the same tenant's key
+/// replays the first job even from another queue, because history (not only the broker's
+/// per-queue window) remembers it.
+#[tokio::test]
+async fn idempotency_keys_are_unique_per_tenant() {
+    let app = app(1 << 20).await;
+    let submit = |queue: &str, tenant: &str| {
+        Request::post(format!("/v1/queues/{queue}/jobs"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", "order-42")
+            .body(Body::from(format!(
+                r#"{{"kind":"noop","tenant":"{tenant}"}}"#
+            )))
+            .unwrap()
+    };
+    let (_, h1, acme) = call(&app, submit("orders", "acme")).await;
+    let (_, h2, globex) = call(&app, submit("orders", "globex")).await;
+    let (s3, h3, again) = call(&app, submit("refunds", "acme")).await;
+    assert!(h1.get("idempotent-replayed").is_none());
+    assert!(h2.get("idempotent-replayed").is_none());
+    assert_ne!(acme["id"], globex["id"]);
+    assert_eq!(s3, StatusCode::ACCEPTED);
+    assert_eq!(again["id"], acme["id"]);
+    assert_eq!(h3["idempotent-replayed"], "true");
+    let ready = |q: &str| {
+        let b = app.broker.clone();
+        let q = QueueName::parse(q).unwrap();
+        async move { b.stats(&q).await.unwrap().ready }
+    };
+    assert_eq!((ready("orders").await, ready("refunds").await), (2, 0));
+
+    let (_, _, job) = call(
+        &app,
+        get(&format!("/v1/jobs/{}", acme["id"].as_str().unwrap())),
+    )
+    .await;
+    assert_eq!(
+        (job["tenant"].as_str(), job["idempotency_key"].as_str()),
+        (Some("acme"), Some("order-42"))
+    );
+    let (_, _, hits) = call(&app, get("/v1/jobs?tenant=globex")).await;
+    assert_eq!(hits["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(hits["jobs"][0]["id"], globex["id"]);
+    assert_problem(
+        &app,
+        get("/v1/jobs?tenant=no%20spaces"),
+        StatusCode::BAD_REQUEST,
+        "tenant",
+    )
+    .await;
+    assert_problem(
+        &app,
+        post(
+            "/v1/queues/orders/jobs",
+            r#"{"kind":"noop","tenant":"a b"}"#,
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "tenant",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -462,7 +526,6 @@ async fn search_filters_and_pages_with_a_next_link() {
         let (status, _, _) = call(&app, post("/v1/queues/search/jobs", body)).await;
         assert_eq!(status, StatusCode::ACCEPTED);
     }
-    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
     let (status, _, page) = call(&app, get("/v1/jobs?queue=search&limit=2")).await;
     assert_eq!(status, StatusCode::OK);
     let jobs = page["jobs"].as_array().unwrap();

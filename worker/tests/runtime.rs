@@ -29,11 +29,9 @@ async fn rig(registry: Registry, options: WorkerOptions) -> Rig {
             .unwrap(),
     );
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(SqliteStoreConfig {
-            path: dir.path().join("s.db"),
-        })
-        .await
-        .unwrap(),
+        SqliteStore::open(SqliteStoreConfig::new(dir.path().join("s.db")))
+            .await
+            .unwrap(),
     );
     let stop = CancellationToken::new();
     let w = Worker::new(broker.clone(), store.clone(), registry, options);

@@ -1,7 +1,7 @@
 //! Key names. Every key of one queue carries the hash tag `{queue}`, so the queue lives in
 //! one Redis Cluster slot and its scripts may touch all of its keys.
 
-use ferry_core::{IdempotencyKey, QueueName};
+use ferry_core::QueueName;
 
 /// The global set of queue names (for workers that take every queue). Not part of any
 /// queue's slot; only ever touched by plain commands, never by a script.
@@ -35,8 +35,9 @@ impl QueueKeys {
         }
     }
 
-    pub(crate) fn idempotency(&self, key: &IdempotencyKey) -> String {
-        format!("ferry:{{{}}}:idem:{}", self.queue.as_str(), key.as_str())
+    /// `scope` is the tenant and key ([`ferry_core::JobEnvelope::idempotency_scope`]).
+    pub(crate) fn idempotency(&self, scope: &str) -> String {
+        format!("ferry:{{{}}}:idem:{scope}", self.queue.as_str())
     }
 }
 
@@ -79,7 +80,7 @@ mod tests {
         for k in &q.keys {
             assert!(k.starts_with("ferry:{emails}:"), "{k}");
         }
-        let idem = q.idempotency(&IdempotencyKey::parse("order-1").unwrap());
+        let idem = q.idempotency("order-1");
         assert_eq!(idem, "ferry:{emails}:idem:order-1");
     }
 }

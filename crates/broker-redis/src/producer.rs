@@ -5,7 +5,7 @@
 //! single group-commit writer only assembles the script call.
 
 use ferry_core::broker::{BrokerError, BrokerResult, EnqueueOutcome};
-use ferry_core::{IdempotencyKey, JobEnvelope, JobId, QueueName};
+use ferry_core::{JobEnvelope, JobId, QueueName};
 use redis::Value;
 use uuid::Uuid;
 
@@ -23,7 +23,8 @@ pub(crate) struct Encoded {
     value: Vec<u8>,
     priority: i16,
     run_at: i64,
-    idempotency_key: Option<IdempotencyKey>,
+    /// The tenant and idempotency key ([`JobEnvelope::idempotency_scope`]).
+    idempotency_scope: Option<String>,
     /// Priority 0, no delay, no idempotency key: the script's fast path.
     plain: bool,
 }
@@ -42,7 +43,7 @@ pub(crate) fn encode(j: &JobEnvelope) -> BrokerResult<Encoded> {
         value,
         priority: j.priority,
         run_at: j.run_at.0,
-        idempotency_key: j.idempotency_key.clone(),
+        idempotency_scope: j.idempotency_scope(),
         plain: j.priority == 0 && j.idempotency_key.is_none() && j.run_at <= j.created_at,
     })
 }
@@ -71,7 +72,7 @@ pub(crate) async fn write(
         let mut extra = Vec::new();
         let mut key_index = Vec::with_capacity(full.len());
         for &i in &full {
-            key_index.push(match &jobs[i].idempotency_key {
+            key_index.push(match &jobs[i].idempotency_scope {
                 Some(k) => {
                     extra.push(keys.idempotency(k));
                     keys.keys.len() + extra.len()

@@ -22,7 +22,8 @@ pub(crate) async fn insert(
     let mut fresh: Vec<&JobEnvelope> = Vec::with_capacity(jobs.len());
     let mut swept = false;
     for job in &jobs {
-        let Some(key) = &job.idempotency_key else {
+        // Keys are unique per tenant: the scope carries both.
+        let Some(key) = job.idempotency_scope() else {
             outcomes.push(EnqueueOutcome {
                 id: job.id,
                 duplicate: false,
@@ -42,7 +43,7 @@ pub(crate) async fn insert(
              ON CONFLICT (queue, key) DO NOTHING RETURNING job_id",
         )
         .bind(job.queue.as_str())
-        .bind(key.as_str())
+        .bind(&key)
         .bind(id_bytes(job.id))
         .bind(now.0)
         .fetch_optional(&mut *tx)
@@ -58,7 +59,7 @@ pub(crate) async fn insert(
                 "SELECT job_id FROM ferry_idempotency WHERE queue = ? AND key = ?",
             )
             .bind(job.queue.as_str())
-            .bind(key.as_str())
+            .bind(&key)
             .fetch_one(&mut *tx)
             .await?;
             let id = uuid::Uuid::from_slice(&original)
@@ -73,7 +74,7 @@ pub(crate) async fn insert(
     for chunk in fresh.chunks(ROWS_PER_INSERT) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO ferry_jobs (id, queue, kind, payload, priority, run_at, created_at, \
-             attempt, max_attempts, timeout_ms, idempotency_key, tags, headers, state) ",
+             attempt, max_attempts, timeout_ms, idempotency_key, tenant, tags, headers, state) ",
         );
         q.push_values(chunk, |mut b, job| {
             b.push_bind(id_bytes(job.id))
@@ -90,6 +91,7 @@ pub(crate) async fn insert(
                         .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
                 )
                 .push_bind(job.idempotency_key.as_ref().map(|k| k.as_str()))
+                .push_bind(job.tenant.as_ref().map(|t| t.as_str()))
                 .push_bind(encode_tags(&job.tags))
                 .push_bind(encode_headers(&job.headers))
                 .push_bind(0i64);

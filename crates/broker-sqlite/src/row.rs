@@ -36,7 +36,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> BrokerError {
 
 /// The columns [`decode_job`] reads, for SELECT and RETURNING lists.
 pub(crate) const JOB_COLUMNS: &str = "id, queue, kind, payload, priority, run_at, created_at, \
-     attempt, max_attempts, timeout_ms, idempotency_key, tags, headers";
+     attempt, max_attempts, timeout_ms, idempotency_key, tenant, tags, headers";
 
 pub(crate) fn decode_job(row: &SqliteRow) -> Result<JobEnvelope, BrokerError> {
     let get = |e: sqlx::Error| corrupt("column", e);
@@ -50,6 +50,7 @@ pub(crate) fn decode_job(row: &SqliteRow) -> Result<JobEnvelope, BrokerError> {
     let tags: Option<String> = row.try_get("tags").map_err(get)?;
     let headers: Option<String> = row.try_get("headers").map_err(get)?;
     let key: Option<String> = row.try_get("idempotency_key").map_err(get)?;
+    let tenant: Option<String> = row.try_get("tenant").map_err(get)?;
     let timeout_ms: Option<i64> = row.try_get("timeout_ms").map_err(get)?;
     Ok(JobEnvelope {
         id,
@@ -67,6 +68,10 @@ pub(crate) fn decode_job(row: &SqliteRow) -> Result<JobEnvelope, BrokerError> {
             .map(|k| ferry_core::IdempotencyKey::parse(&k))
             .transpose()
             .map_err(|e| corrupt("idempotency key", e))?,
+        tenant: tenant
+            .map(|t| ferry_core::Tenant::parse(&t))
+            .transpose()
+            .map_err(|e| corrupt("tenant", e))?,
         tags: tags
             .map(|t| serde_json::from_str(&t))
             .transpose()

@@ -43,6 +43,11 @@ const STEPS: &[&str] = &[
     CREATE INDEX ferry_idempotency_age ON ferry_idempotency (created_at);
     CREATE TABLE ferry_paused (queue TEXT PRIMARY KEY NOT NULL);
     ",
+    // 2: the job's tenant (idempotency keys are scoped by it: `ferry_idempotency.key` holds
+    // the tenant and the key).
+    r"
+    ALTER TABLE ferry_jobs ADD COLUMN tenant TEXT;
+    ",
 ];
 
 /// Brings the schema up to date.

@@ -43,9 +43,12 @@ pub(crate) async fn store(
 ) -> anyhow::Result<Arc<dyn Store>> {
     match url {
         StoreUrl::Sqlite(path) => {
-            let s = SqliteStore::open(SqliteStoreConfig { path: path.clone() })
-                .await
-                .with_context(|| format!("opening the store at sqlite://{}", path.display()))?;
+            let s = SqliteStore::open(SqliteStoreConfig {
+                path: path.clone(),
+                retention,
+            })
+            .await
+            .with_context(|| format!("opening the store at sqlite://{}", path.display()))?;
             Ok(Arc::new(s))
         }
         StoreUrl::Postgres(url) => match PgStore::connect(PgStoreConfig {

@@ -161,8 +161,9 @@ pub struct DataConfig {
     pub broker: BrokerUrl,
     /// `FERRY_DATABASE_URL` (default `sqlite://$FERRY_DATA_DIR/store.db`).
     pub store: StoreUrl,
-    /// `FERRY_HISTORY_RETENTION_DAYS` (default 7; 0 keeps everything): Postgres history older
-    /// than this is dropped by day once all of that day's jobs are final.
+    /// `FERRY_HISTORY_RETENTION_DAYS` (default 7; 0 keeps everything): history older than
+    /// this is dropped: on Postgres by day of creation once all of that day's jobs are final,
+    /// on SQLite job by job once a final job finished that long ago.
     pub retention: Option<Duration>,
 }
 

@@ -385,6 +385,30 @@ pub async fn idempotency_keys_deduplicate(b: DynBroker) {
     assert!(c[0].duplicate);
     assert_eq!(c[0].id, first.id, "the duplicate names the original job");
     assert_eq!(b.stats(&q).await.unwrap().ready, 1);
+
+    // Keys are unique per tenant: the same key in two tenants makes two jobs, and within a
+    // tenant it deduplicates as before.
+    let tenant = |name: &str| Some(ferry_core::Tenant::parse(name).unwrap());
+    let mut acme = job(&q, 3);
+    acme.idempotency_key = first.idempotency_key.clone();
+    acme.tenant = tenant("acme");
+    let mut again = job(&q, 4);
+    again.idempotency_key = first.idempotency_key.clone();
+    again.tenant = tenant("acme");
+    let out = b.enqueue(vec![acme.clone(), again]).await.unwrap();
+    assert!(!out[0].duplicate, "another tenant's key is not a duplicate");
+    assert!(out[1].duplicate);
+    assert_eq!(out[1].id, acme.id);
+    assert_eq!(b.stats(&q).await.unwrap().ready, 2);
+    let leased = b.lease(&only(&q), 10, LEASE, "w").await.unwrap();
+    let tenants: Vec<_> = leased
+        .iter()
+        .map(|l| l.job.tenant.as_ref().map(|t| t.as_str().to_owned()))
+        .collect();
+    assert!(
+        tenants.contains(&Some("acme".to_owned())),
+        "the broker carries the tenant: {tenants:?}"
+    );
 }
 
 pub async fn pause_and_resume(b: DynBroker) {

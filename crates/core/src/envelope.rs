@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{IdempotencyKey, JobId, JobKind, QueueName, Tag, UnixMillis};
+use crate::{IdempotencyKey, JobId, JobKind, QueueName, Tag, Tenant, UnixMillis};
 
 /// A job's payload, kept as the JSON text the producer sent: brokers and stores pass it through
 /// without parsing it again, and only the handler decodes it into its own type.
@@ -33,6 +33,9 @@ pub struct JobEnvelope {
     #[serde(default, with = "opt_millis")]
     pub timeout: Option<Duration>,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// Who the job belongs to; idempotency keys are unique per tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<Tenant>,
     #[serde(default)]
     pub tags: Vec<Tag>,
     /// Trace context and other carrier headers (`traceparent`, ...).
@@ -62,6 +65,7 @@ impl JobEnvelope {
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             timeout: None,
             idempotency_key: None,
+            tenant: None,
             tags: Vec::new(),
             headers: BTreeMap::new(),
         }
@@ -71,6 +75,18 @@ impl JobEnvelope {
     #[must_use]
     pub fn empty_payload() -> Payload {
         Arc::from(RawValue::from_string("{}".to_owned()).expect("'{}' is JSON"))
+    }
+
+    /// The string a broker deduplicates submissions by: the idempotency key, prefixed by the
+    /// tenant and a space when there is one (keys hold no spaces and tenants no spaces, so two
+    /// different (tenant, key) pairs never give the same scope).
+    #[must_use]
+    pub fn idempotency_scope(&self) -> Option<String> {
+        let key = self.idempotency_key.as_ref()?;
+        Some(match &self.tenant {
+            Some(t) => format!("{} {}", t.as_str(), key.as_str()),
+            None => key.as_str().to_owned(),
+        })
     }
 
     /// True when this job is held back until later rather than due now.
@@ -118,5 +134,21 @@ mod tests {
         assert_eq!(back.payload.get(), r#"{"to":"a@b.c","n":[1,2]}"#);
         assert_eq!(back.timeout, Some(Duration::from_millis(1500)));
         assert!(!back.is_scheduled(back.run_at));
+        assert!(!text.contains("tenant"), "no tenant, no field: {text}");
+    }
+
+    #[test]
+    fn idempotency_scope_separates_tenants() {
+        let mut job = JobEnvelope::new(
+            QueueName::parse("q").unwrap(),
+            JobKind::parse("k").unwrap(),
+            JobEnvelope::empty_payload(),
+        );
+        assert_eq!(job.idempotency_scope(), None);
+        job.idempotency_key = Some(IdempotencyKey::parse("acme:order-1").unwrap());
+        assert_eq!(job.idempotency_scope().as_deref(), Some("acme:order-1"));
+        job.idempotency_key = Some(IdempotencyKey::parse("order-1").unwrap());
+        job.tenant = Some(Tenant::parse("acme").unwrap());
+        assert_eq!(job.idempotency_scope().as_deref(), Some("acme order-1"));
     }
 }

@@ -12,7 +12,7 @@ mod url;
 
 pub use envelope::{JobEnvelope, Payload};
 pub use id::{JobId, ParseJobIdError};
-pub use name::{IdempotencyKey, JobKind, NameError, QueueName, Tag};
+pub use name::{IdempotencyKey, JobKind, NameError, QueueName, Tag, Tenant};
 pub use retry::RetryPolicy;
 pub use state::{IllegalTransition, JobState};
 pub use time::UnixMillis;

@@ -126,6 +126,10 @@ fn key_char(c: char) -> bool {
     c.is_ascii_graphic()
 }
 
+fn tenant_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
 fn tag_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '=' | '/')
 }
@@ -179,6 +183,19 @@ parsed_name!(
         allowed: "letters, digits, '-', '_', '.', ':', '=' and '/'",
         ok: tag_char,
         alnum_start: false,
+    }
+);
+
+parsed_name!(
+    /// Who a job belongs to (`acme`, `7`): ASCII letters, digits, `-`, `_`, `.`; at most 64
+    /// bytes. Idempotency keys are unique per tenant, and history can be searched by it.
+    Tenant,
+    Rule {
+        what: "tenant",
+        max: 64,
+        allowed: "letters, digits, '-', '_' and '.'",
+        ok: tenant_char,
+        alnum_start: true,
     }
 );
 

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::{JobEnvelope, JobId, JobKind, JobState, Payload, QueueName, Tag, UnixMillis};
+use crate::{
+    IdempotencyKey, JobEnvelope, JobId, JobKind, JobState, Payload, QueueName, Tag, Tenant,
+    UnixMillis,
+};
 
 /// What happened to a job.
 #[derive(Clone, Debug)]
@@ -110,6 +113,10 @@ pub struct JobRecord {
     pub attempts: u32,
     pub max_attempts: u32,
     pub priority: i16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<Tenant>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<IdempotencyKey>,
     pub tags: Vec<Tag>,
     pub created_at: UnixMillis,
     pub run_at: UnixMillis,
@@ -141,6 +148,7 @@ pub struct JobQuery {
     pub queue: Option<QueueName>,
     pub state: Option<JobState>,
     pub kind: Option<JobKind>,
+    pub tenant: Option<Tenant>,
     pub tag: Option<Tag>,
     /// Created at or after.
     pub created_from: Option<UnixMillis>,
@@ -180,6 +188,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Jobs matching `query`, newest first, at most `query.limit`.
     async fn search(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>>;
+
+    /// For each (tenant, idempotency key), the job that first used it, if history still
+    /// holds one. Keys are unique per tenant across all queues; the first job recorded with
+    /// a key keeps it.
+    async fn jobs_by_key(
+        &self,
+        keys: &[(Option<Tenant>, IdempotencyKey)],
+    ) -> StoreResult<Vec<Option<JobId>>>;
 
     async fn ping(&self) -> StoreResult<()>;
 

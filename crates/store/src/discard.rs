@@ -3,8 +3,8 @@
 //! deployments: a Ferry that forgets its jobs' history is not one we ship.
 
 use async_trait::async_trait;
-use ferry_core::JobId;
 use ferry_core::store::{EventRecord, JobEvent, JobQuery, JobRecord, Store, StoreResult};
+use ferry_core::{IdempotencyKey, JobId, Tenant};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DiscardStore;
@@ -29,6 +29,13 @@ impl Store for DiscardStore {
 
     async fn search(&self, _query: &JobQuery) -> StoreResult<Vec<JobRecord>> {
         Ok(Vec::new())
+    }
+
+    async fn jobs_by_key(
+        &self,
+        keys: &[(Option<Tenant>, IdempotencyKey)],
+    ) -> StoreResult<Vec<Option<JobId>>> {
+        Ok(vec![None; keys.len()])
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -16,7 +16,7 @@ use ferry_batch::Batcher;
 use ferry_core::store::{
     EventRecord, JobEvent, JobEventKind, JobQuery, JobRecord, Store, StoreError, StoreResult,
 };
-use ferry_core::{JobId, JobKind, JobState, QueueName, UnixMillis};
+use ferry_core::{IdempotencyKey, JobId, JobKind, JobState, QueueName, Tenant, UnixMillis};
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
@@ -137,6 +137,19 @@ const STEPS: &[&str] = &[
     CREATE INDEX ferry_jobs_state ON ferry_jobs (state, id);
     CREATE INDEX ferry_jobs_tags ON ferry_jobs USING gin (tags);
     CREATE INDEX ferry_jobs_payload ON ferry_jobs USING gin (payload jsonb_path_ops);
+    ",
+    // 3: tenants. A unique index on a partitioned table must hold the partition key, so
+    // idempotency keys, unique per tenant across all days and queues, get their own table;
+    // retention deletes a day's keys with the day.
+    r"
+    CREATE INDEX ferry_jobs_tenant ON ferry_jobs (tenant, id);
+    CREATE TABLE ferry_idempotency_keys (
+        tenant text NOT NULL,
+        key    text NOT NULL,
+        job_id uuid NOT NULL,
+        PRIMARY KEY (tenant, key)
+    );
+    CREATE INDEX ferry_idempotency_keys_job ON ferry_idempotency_keys (job_id);
     ",
 ];
 
@@ -316,6 +329,13 @@ async fn maintain(
         )))
         .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "DELETE FROM ferry_idempotency_keys WHERE job_id >= $1::uuid AND job_id < $2::uuid",
+        )
+        .bind(uuid_floor(start))
+        .bind(uuid_floor(start + DAY_MS))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         tracing::info!(day, "history past retention dropped");
         dropped.push(day);
@@ -435,19 +455,20 @@ async fn write_events(pool: &PgPool, events: &[JobEvent]) -> Result<(), sqlx::Er
     sqlx::query(
         "INSERT INTO ferry_jobs (id, queue, kind, state, priority, payload, result, error, \
              attempts, max_attempts, idempotency_key, tags, trace_id, created_at, scheduled_at, \
-             started_at, finished_at, fence, step) \
+             started_at, finished_at, fence, step, tenant) \
          SELECT id, queue, kind, state, priority, payload::jsonb, result::jsonb, error, \
                 attempts, max_attempts, idem, \
                 ARRAY(SELECT jsonb_array_elements_text(tags::jsonb)), trace_id, \
                 to_timestamp(created_ms / 1000.0), to_timestamp(scheduled_ms / 1000.0), \
-                to_timestamp(started_ms / 1000.0), to_timestamp(finished_ms / 1000.0), fence, step \
+                to_timestamp(started_ms / 1000.0), to_timestamp(finished_ms / 1000.0), fence, step, \
+                tenant \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[], \
                      $7::text[], $8::text[], $9::int4[], $10::int4[], $11::text[], $12::text[], \
                      $13::text[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], \
-                     $18::int8[], $19::int2[]) \
+                     $18::int8[], $19::int2[], $20::text[]) \
               AS t(id, queue, kind, state, priority, payload, result, error, attempts, \
                    max_attempts, idem, tags, trace_id, created_ms, scheduled_ms, started_ms, \
-                   finished_ms, fence, step) \
+                   finished_ms, fence, step, tenant) \
          ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, result = EXCLUDED.result, \
              error = CASE WHEN EXCLUDED.step = 1 \
                           THEN COALESCE(EXCLUDED.error, ferry_jobs.error) \
@@ -476,8 +497,21 @@ async fn write_events(pool: &PgPool, events: &[JobEvent]) -> Result<(), sqlx::Er
     .bind(&job_cols.finished)
     .bind(&job_cols.fence)
     .bind(&job_cols.step)
+    .bind(&job_cols.tenant)
     .execute(&mut *tx)
     .await?;
+    if !job_cols.key_job.is_empty() {
+        // The first job recorded with a (tenant, key) keeps it.
+        sqlx::query(
+            "INSERT INTO ferry_idempotency_keys (tenant, key, job_id) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(&job_cols.key_tenant)
+        .bind(&job_cols.key)
+        .bind(&job_cols.key_job)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await
 }
 
@@ -540,6 +574,11 @@ struct JobCols {
     finished: Vec<Option<i64>>,
     fence: Vec<i64>,
     step: Vec<i16>,
+    tenant: Vec<Option<String>>,
+    /// (tenant or '', key, job) for each job with an idempotency key.
+    key_tenant: Vec<String>,
+    key: Vec<String>,
+    key_job: Vec<uuid::Uuid>,
 }
 
 impl JobCols {
@@ -579,6 +618,14 @@ impl JobCols {
         self.finished.push(finished);
         self.fence.push(fence_i64(e.fence));
         self.step.push(e.kind.step());
+        self.tenant
+            .push(job.tenant.as_ref().map(|t| t.as_str().to_owned()));
+        if let Some(k) = &job.idempotency_key {
+            self.key_tenant
+                .push(job.tenant.as_ref().map_or("", |t| t.as_str()).to_owned());
+            self.key.push(k.as_str().to_owned());
+            self.key_job.push(job.id.as_uuid());
+        }
     }
 }
 
@@ -590,7 +637,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 macro_rules! job_columns {
     () => {
         "id, queue, kind, state, priority, payload::text AS payload, \
-         result::text AS result, error, attempts, max_attempts, tags, \
+         result::text AS result, error, attempts, max_attempts, tags, tenant, idempotency_key, \
          (EXTRACT(EPOCH FROM created_at) * 1000)::int8 AS created_ms, \
          (EXTRACT(EPOCH FROM scheduled_at) * 1000)::int8 AS scheduled_ms, \
          (EXTRACT(EPOCH FROM started_at) * 1000)::int8 AS started_ms, \
@@ -655,6 +702,16 @@ fn decode(row: &PgRow) -> StoreResult<JobRecord> {
         max_attempts: u32::try_from(row.try_get::<i32, _>("max_attempts").map_err(get)?)
             .unwrap_or(0),
         priority: row.try_get("priority").map_err(get)?,
+        tenant: row
+            .try_get::<Option<String>, _>("tenant")
+            .map_err(get)?
+            .map(|t| Tenant::parse(&t).map_err(|e| corrupt("tenant", e)))
+            .transpose()?,
+        idempotency_key: row
+            .try_get::<Option<String>, _>("idempotency_key")
+            .map_err(get)?
+            .map(|k| IdempotencyKey::parse(&k).map_err(|e| corrupt("idempotency key", e)))
+            .transpose()?,
         tags: tags
             .iter()
             .map(|t| ferry_core::Tag::parse(t).map_err(|e| corrupt("tag", e)))
@@ -746,6 +803,9 @@ impl Store for PgStore {
         if let Some(v) = &query.kind {
             q.push(" AND kind = ").push_bind(v.as_str().to_owned());
         }
+        if let Some(v) = &query.tenant {
+            q.push(" AND tenant = ").push_bind(v.as_str().to_owned());
+        }
         if let Some(v) = &query.tag {
             q.push(" AND tags @> ARRAY[")
                 .push_bind(v.as_str().to_owned())
@@ -777,6 +837,27 @@ impl Store for PgStore {
             .await
             .map_err(|e| unavailable(&e))?;
         rows.iter().map(decode).collect()
+    }
+
+    async fn jobs_by_key(
+        &self,
+        keys: &[(Option<Tenant>, IdempotencyKey)],
+    ) -> StoreResult<Vec<Option<JobId>>> {
+        let tenants: Vec<&str> = keys
+            .iter()
+            .map(|(t, _)| t.as_ref().map_or("", |t| t.as_str()))
+            .collect();
+        let names: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
+        let ids: Vec<Option<uuid::Uuid>> = sqlx::query_scalar(
+            "SELECT k.job_id FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS q(tenant, key, n) \
+             LEFT JOIN ferry_idempotency_keys k USING (tenant, key) ORDER BY q.n",
+        )
+        .bind(&tenants)
+        .bind(&names)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(|e| unavailable(&e))?;
+        Ok(ids.into_iter().map(|id| id.map(JobId::from_uuid)).collect())
     }
 
     async fn refresh_statistics(&self) -> StoreResult<()> {

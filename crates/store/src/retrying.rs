@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_core::JobId;
-use ferry_core::store::{EventRecord, JobEvent, JobQuery, JobRecord, Store, StoreResult};
+use ferry_core::store::{
+    EventRecord, JobEvent, JobQuery, JobRecord, Store, StoreError, StoreResult,
+};
+use ferry_core::{IdempotencyKey, JobId, Tenant};
 use tokio::sync::mpsc;
 
 /// Batches waiting for the store before `record` makes callers wait (back-pressure).
@@ -92,6 +94,20 @@ impl Store for RetryingStore {
 
     async fn search(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>> {
         self.inner.search(query).await
+    }
+
+    async fn jobs_by_key(
+        &self,
+        keys: &[(Option<Tenant>, IdempotencyKey)],
+    ) -> StoreResult<Vec<Option<JobId>>> {
+        // Asked on the submission path: while the store is known to be failing, answer at
+        // once rather than make each submission wait out a connection timeout.
+        if self.degraded.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(
+                "store degraded; keys checked by the broker only".into(),
+            ));
+        }
+        self.inner.jobs_by_key(keys).await
     }
 
     async fn refresh_statistics(&self) -> StoreResult<()> {

@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_batch::Batcher;
 use ferry_core::store::{
     EventRecord, JobEvent, JobEventKind, JobQuery, JobRecord, Store, StoreError, StoreResult,
 };
-use ferry_core::{JobId, JobKind, JobState, QueueName, UnixMillis};
+use ferry_core::{IdempotencyKey, JobId, JobKind, JobState, QueueName, Tenant, UnixMillis};
 use serde_json::value::RawValue;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -17,6 +18,19 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 #[derive(Clone, Debug)]
 pub struct SqliteStoreConfig {
     pub path: PathBuf,
+    /// Final jobs that finished longer ago than this are deleted with their events, hourly.
+    /// `None` keeps everything. Default 7 days.
+    pub retention: Option<Duration>,
+}
+
+impl SqliteStoreConfig {
+    #[must_use]
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            retention: Some(Duration::from_secs(7 * 86_400)),
+        }
+    }
 }
 
 /// Job history in one SQLite file. Cheap to clone.
@@ -27,14 +41,31 @@ pub struct SqliteStore {
 
 struct Inner {
     reader: SqlitePool,
+    writer: SqlitePool,
     recorder: Batcher<JobEvent, (), Arc<str>>,
+    retention: Option<Duration>,
+    maintenance: tokio::task::JoinHandle<()>,
 }
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.maintenance.abort();
+    }
+}
+
+/// How often expired history is deleted.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+/// Jobs deleted per transaction, so the single writer is never held for long.
+const DELETE_CHUNK: i64 = 5_000;
 
 fn unavailable(e: &sqlx::Error) -> StoreError {
     StoreError::Unavailable(format!("sqlite: {e}"))
 }
 
-const SCHEMA: &str = r"
+/// Versioned schema steps (`PRAGMA user_version` counts those applied); each runs once, in
+/// order, in a transaction. Step 1 is written to be a no-op on files made before versioning.
+const STEPS: &[&str] = &[
+    r"
 CREATE TABLE IF NOT EXISTS ferry_job_events (
     job_id  BLOB NOT NULL,
     fence   INTEGER NOT NULL,
@@ -69,9 +100,24 @@ CREATE TABLE IF NOT EXISTS ferry_job_records (
     step            INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ferry_job_records_queue_state ON ferry_job_records (queue, state, id);
-";
+",
+    // 2: tenants, idempotency keys unique per tenant, and an index for retention.
+    r"
+ALTER TABLE ferry_job_records ADD COLUMN tenant TEXT;
+CREATE INDEX ferry_job_records_tenant ON ferry_job_records (tenant, id);
+CREATE INDEX ferry_job_records_finished ON ferry_job_records (finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE TABLE ferry_idempotency_keys (
+    tenant TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    job_id BLOB NOT NULL,
+    PRIMARY KEY (tenant, key)
+) WITHOUT ROWID;
+CREATE INDEX ferry_idempotency_keys_job ON ferry_idempotency_keys (job_id);
+",
+];
 
-/// Events per INSERT statement (18 parameters each).
+/// Events per INSERT statement (19 parameters each).
 const ROWS_PER_INSERT: usize = 400;
 
 impl SqliteStore {
@@ -84,13 +130,11 @@ impl SqliteStore {
             .await
             .map_err(StoreError::Unavailable)?;
         let writer = opened.writer.clone();
-        sqlx::raw_sql(SCHEMA)
-            .execute(&writer)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        migrate(&writer).await.map_err(|e| unavailable(&e))?;
         let reader = opened.readers(2).await.map_err(|e| unavailable(&e))?;
+        let w = writer.clone();
         let recorder = Batcher::spawn(10_000, 4096, move |events: Vec<JobEvent>| {
-            let w = writer.clone();
+            let w = w.clone();
             async move {
                 let n = events.len();
                 write_events(&w, events)
@@ -99,10 +143,107 @@ impl SqliteStore {
                     .map_err(|e| Arc::<str>::from(e.to_string()))
             }
         });
+        let maintenance = {
+            let writer = writer.clone();
+            let retention = config.retention;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(MAINTENANCE_EVERY).await;
+                    if let Err(e) = expire(&writer, retention, UnixMillis::now()).await {
+                        tracing::warn!(error = %e, "history maintenance failed; will try again");
+                    }
+                }
+            })
+        };
         Ok(Self {
-            inner: Arc::new(Inner { reader, recorder }),
+            inner: Arc::new(Inner {
+                reader,
+                writer,
+                recorder,
+                retention: config.retention,
+                maintenance,
+            }),
         })
     }
+
+    /// Deletes expired history as if it were `now`; the store does this by itself every
+    /// hour. Returns how many jobs were deleted.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub async fn maintain(&self, now: UnixMillis) -> StoreResult<u64> {
+        expire(&self.inner.writer, self.inner.retention, now)
+            .await
+            .map_err(|e| unavailable(&e))
+    }
+}
+
+async fn migrate(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    let current: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(pool)
+        .await?;
+    for (i, step) in STEPS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(current).unwrap_or(0))
+    {
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql(*step).execute(&mut *tx).await?;
+        // A number we count, never input.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PRAGMA user_version = {}",
+            i + 1
+        )))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Deletes final jobs (with their events and keys) that finished before `now - retention`,
+/// a chunk per transaction. Returns the number of jobs deleted.
+async fn expire(
+    pool: &SqlitePool,
+    retention: Option<Duration>,
+    now: UnixMillis,
+) -> Result<u64, sqlx::Error> {
+    let Some(retention) = retention else {
+        return Ok(0);
+    };
+    let cutoff = now.0 - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    // The same subquery in each statement: the records go last, so it selects the same jobs
+    // each time (this pool is the only writer).
+    let expired = "SELECT id FROM ferry_job_records WHERE finished_at < ?1 \
+                   AND state IN ('succeeded', 'dead', 'cancelled') LIMIT ?2";
+    let mut deleted = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let mut jobs = 0;
+        for target in [
+            "ferry_job_events WHERE job_id",
+            "ferry_idempotency_keys WHERE job_id",
+            "ferry_job_records WHERE id",
+        ] {
+            jobs = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {target} IN ({expired})"
+            )))
+            .bind(cutoff)
+            .bind(DELETE_CHUNK)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        deleted += jobs;
+        if jobs < DELETE_CHUNK.unsigned_abs() {
+            break;
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(jobs = deleted, "history past retention deleted");
+    }
+    Ok(deleted)
 }
 
 async fn write_events(pool: &SqlitePool, events: Vec<JobEvent>) -> Result<(), sqlx::Error> {
@@ -130,8 +271,8 @@ async fn write_events(pool: &SqlitePool, events: Vec<JobEvent>) -> Result<(), sq
     for chunk in events.chunks(ROWS_PER_INSERT) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO ferry_job_records (id, queue, kind, state, payload, result, error, \
-             attempts, max_attempts, priority, tags, idempotency_key, created_at, run_at, \
-             started_at, finished_at, fence, step) ",
+             attempts, max_attempts, priority, tags, idempotency_key, tenant, created_at, \
+             run_at, started_at, finished_at, fence, step) ",
         );
         q.push_values(chunk, |mut b, ev| {
             let job = &ev.job;
@@ -170,6 +311,7 @@ async fn write_events(pool: &SqlitePool, events: Vec<JobEvent>) -> Result<(), sq
                     serde_json::to_string(&job.tags).ok()
                 })
                 .push_bind(job.idempotency_key.as_ref().map(|k| k.as_str().to_owned()))
+                .push_bind(job.tenant.as_ref().map(|t| t.as_str().to_owned()))
                 .push_bind(job.created_at.0)
                 .push_bind(run_at)
                 .push_bind(started)
@@ -187,6 +329,28 @@ async fn write_events(pool: &SqlitePool, events: Vec<JobEvent>) -> Result<(), sq
              finished_at = excluded.finished_at, fence = excluded.fence, step = excluded.step \
              WHERE excluded.fence > fence OR (excluded.fence = fence AND excluded.step > step)",
         );
+        q.build().execute(&mut *tx).await?;
+    }
+    // The first job recorded with a (tenant, key) keeps it.
+    let keyed: Vec<&JobEvent> = events
+        .iter()
+        .filter(|e| e.job.idempotency_key.is_some())
+        .collect();
+    for chunk in keyed.chunks(ROWS_PER_INSERT) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT OR IGNORE INTO ferry_idempotency_keys (tenant, key, job_id) ",
+        );
+        q.push_values(chunk, |mut b, ev| {
+            b.push_bind(ev.job.tenant.as_ref().map_or("", |t| t.as_str()).to_owned())
+                .push_bind(
+                    ev.job
+                        .idempotency_key
+                        .as_ref()
+                        .map_or("", |k| k.as_str())
+                        .to_owned(),
+                )
+                .push_bind(ev.job.id.as_uuid().as_bytes().to_vec());
+        });
         q.build().execute(&mut *tx).await?;
     }
     tx.commit().await
@@ -232,6 +396,16 @@ fn decode(row: &SqliteRow) -> StoreResult<JobRecord> {
         max_attempts: u32::try_from(row.try_get::<i64, _>("max_attempts").map_err(get)?)
             .unwrap_or(0),
         priority: i16::try_from(row.try_get::<i64, _>("priority").map_err(get)?).unwrap_or(0),
+        tenant: row
+            .try_get::<Option<String>, _>("tenant")
+            .map_err(get)?
+            .map(|t| Tenant::parse(&t).map_err(|e| corrupt("tenant", e)))
+            .transpose()?,
+        idempotency_key: row
+            .try_get::<Option<String>, _>("idempotency_key")
+            .map_err(get)?
+            .map(|k| IdempotencyKey::parse(&k).map_err(|e| corrupt("idempotency key", e)))
+            .transpose()?,
         tags: tags
             .map(|t| serde_json::from_str(&t))
             .transpose()
@@ -282,6 +456,9 @@ impl Store for SqliteStore {
         }
         if let Some(v) = &query.kind {
             q.push(" AND kind = ").push_bind(v.as_str().to_owned());
+        }
+        if let Some(v) = &query.tenant {
+            q.push(" AND tenant = ").push_bind(v.as_str().to_owned());
         }
         if let Some(v) = &query.tag {
             q.push(" AND EXISTS (SELECT 1 FROM json_each(ferry_job_records.tags) WHERE value = ")
@@ -351,6 +528,35 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn jobs_by_key(
+        &self,
+        keys: &[(Option<Tenant>, IdempotencyKey)],
+    ) -> StoreResult<Vec<Option<JobId>>> {
+        let mut conn = self
+            .inner
+            .reader
+            .acquire()
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (tenant, key) in keys {
+            let id: Option<Vec<u8>> = sqlx::query_scalar(
+                "SELECT job_id FROM ferry_idempotency_keys WHERE tenant = ? AND key = ?",
+            )
+            .bind(tenant.as_ref().map_or("", |t| t.as_str()))
+            .bind(key.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+            out.push(
+                id.map(|b| uuid::Uuid::from_slice(&b).map(JobId::from_uuid))
+                    .transpose()
+                    .map_err(|e| corrupt("id", e))?,
+            );
+        }
+        Ok(out)
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -78,6 +78,13 @@ async fn the_timeline_lists_each_event_once_in_order() {
     drop_db(s, &db).await;
 }
 
+#[tokio::test]
+async fn idempotency_keys_are_unique_per_tenant() {
+    let (s, db) = fresh().await;
+    cases::idempotency_keys_are_unique_per_tenant(Arc::new(s.clone())).await;
+    drop_db(s, &db).await;
+}
+
 /// The event log keeps each event once, however often it is delivered, and the projection
 /// carries the envelope's tags and trace id.
 #[tokio::test]
@@ -219,7 +226,9 @@ async fn retention_drops_whole_days_of_final_jobs() {
         at: now,
         kind,
     };
-    let done = job_at(today + 1000);
+    let mut done = job_at(today + 1000);
+    Arc::make_mut(&mut done).idempotency_key =
+        Some(ferry_core::IdempotencyKey::parse("order-1").unwrap());
     let waiting = job_at(today + DAY + 1000);
     s.record(vec![
         ev(&done, 0, JobEventKind::Enqueued),
@@ -244,6 +253,12 @@ async fn retention_drops_whole_days_of_final_jobs() {
     let dropped = s.maintain(later).await.unwrap();
     assert_eq!(dropped, vec![day(today - DAY), day(today)]);
     assert!(s.job(done.id).await.unwrap().is_none());
+    let key = ferry_core::IdempotencyKey::parse("order-1").unwrap();
+    assert_eq!(
+        s.jobs_by_key(&[(None, key)]).await.unwrap(),
+        vec![None],
+        "a dropped day's idempotency keys go with it"
+    );
     assert!(s.events(done.id).await.unwrap().is_empty());
     assert!(s.job(waiting.id).await.unwrap().is_some());
     // Once that job ends, its day goes too.

@@ -299,3 +299,62 @@ pub async fn search_filters_and_pages_newest_first(s: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(ids(&second), vec![a.id]);
 }
+
+fn keyed(queue: &str, tenant: Option<&str>, key: &str) -> Arc<JobEnvelope> {
+    let mut j = JobEnvelope::new(
+        QueueName::parse(queue).unwrap(),
+        JobKind::parse("order.place").unwrap(),
+        JobEnvelope::empty_payload(),
+    );
+    j.tenant = tenant.map(|t| ferry_core::Tenant::parse(t).unwrap());
+    j.idempotency_key = Some(ferry_core::IdempotencyKey::parse(key).unwrap());
+    Arc::new(j)
+}
+
+pub async fn idempotency_keys_are_unique_per_tenant(s: Arc<dyn Store>) {
+    use ferry_core::{IdempotencyKey, Tenant};
+    let acme = keyed("orders", Some("acme"), "order-42");
+    let globex = keyed("orders", Some("globex"), "order-42");
+    let nobody = keyed("orders", None, "order-42");
+    s.record(vec![
+        ev(&acme, 0, 0, JobEventKind::Enqueued),
+        ev(&globex, 0, 0, JobEventKind::Enqueued),
+        ev(&nobody, 0, 0, JobEventKind::Enqueued),
+    ])
+    .await
+    .unwrap();
+    // A second submission in the same tenant (another queue, past any broker window): history
+    // keeps it, but the key stays with the first job.
+    let late = keyed("refunds", Some("acme"), "order-42");
+    s.record(vec![ev(&late, 0, 0, JobEventKind::Enqueued)])
+        .await
+        .unwrap();
+    let key = IdempotencyKey::parse("order-42").unwrap();
+    let t = |n: &str| Some(Tenant::parse(n).unwrap());
+    let found = s
+        .jobs_by_key(&[
+            (t("acme"), key.clone()),
+            (t("globex"), key.clone()),
+            (None, key.clone()),
+            (t("initech"), key.clone()),
+            (t("acme"), IdempotencyKey::parse("order-43").unwrap()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        vec![Some(acme.id), Some(globex.id), Some(nobody.id), None, None]
+    );
+
+    let r = s.job(acme.id).await.unwrap().unwrap();
+    assert_eq!(r.tenant.as_ref().map(Tenant::as_str), Some("acme"));
+    assert_eq!(r.idempotency_key, Some(key));
+    let mut q = ferry_core::store::JobQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    q.tenant = t("acme");
+    assert_eq!(ids(&s.search(&q).await.unwrap()), vec![late.id, acme.id]);
+    q.tenant = t("globex");
+    assert_eq!(ids(&s.search(&q).await.unwrap()), vec![globex.id]);
+}
