@@ -27,8 +27,8 @@ enum Which {
     /// Record history straight into the store: three events (enqueued, started, succeeded)
     /// per job, batches of `--batch` from `--concurrency` writers.
     Record,
-    /// Fill the store with `--jobs` jobs, then time `GET /v1/jobs`-style searches (one JSON
-    /// line per filter: p50, p99 over `--rate` queries each).
+    /// Fill the store with `--jobs` jobs, then time `GET /v1/jobs` searches over HTTP (one
+    /// JSON line per filter: p50, p99 over `--rate` queries each).
     Query,
 }
 
@@ -229,7 +229,7 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         Which::Latency => latency(&a, broker.clone(), store, &queue).await?,
         Which::Record => record(&a, store, &queue).await?,
         Which::Query => {
-            for line in query(&a, store).await? {
+            for line in query(&a, broker.clone(), store).await? {
                 println!("{line}");
             }
             return Ok(());
@@ -330,14 +330,18 @@ async fn record(
     )
 }
 
-/// Fills the store with varied jobs (10 queues, 5 kinds, 100 tenant tags, 10,000 users, a
-/// third of them succeeded), then runs each filter `--rate` times.
+/// Fills the store with varied jobs (10 queues, 5 kinds, 100 tenants (and tenant tags),
+/// 10,000 users, a third of them succeeded), then runs each filter `--rate` times through
+/// `GET /v1/jobs` of an API served in this process.
 async fn query(
     a: &BenchArgs,
+    broker: Arc<dyn Broker>,
     store: Arc<dyn ferry_core::store::Store>,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    use ferry_core::store::{JobEvent, JobEventKind, JobQuery};
-    use ferry_core::{JobState, Tag, UnixMillis};
+    use std::future::IntoFuture;
+
+    use ferry_core::store::{JobEvent, JobEventKind};
+    use ferry_core::{Tag, Tenant, UnixMillis};
     let kinds = [
         "email.send",
         "report.build",
@@ -360,6 +364,7 @@ async fn query(
                 Arc::from(payload),
             );
             job.tags = vec![Tag::parse(&format!("tenant:{}", i % 100)).expect("tag")];
+            job.tenant = Some(Tenant::parse(&format!("t{}", i % 100)).expect("tenant"));
             let job = Arc::new(job);
             let at = UnixMillis::now();
             events.push(JobEvent {
@@ -386,70 +391,55 @@ async fn query(
     p.finish();
     // As autovacuum would after a bulk load, before anyone queries.
     store.refresh_statistics().await?;
-    let mid = UnixMillis(fill_start.0 + (UnixMillis::now().0 - fill_start.0) / 2);
-    let base = || JobQuery {
-        limit: 50,
-        ..JobQuery::default()
+    let mid = fill_start.0 + (UnixMillis::now().0 - fill_start.0) / 2;
+    // The real API in this process on a loopback port: figures include routing, query
+    // parsing, the store and JSON encoding, as a client sees them.
+    let state = ferry_api::AppState {
+        broker,
+        store: store.clone(),
+        metrics: ferry_telemetry::install(),
+        body_limit: 1 << 20,
     };
-    let filters: Vec<(&str, JobQuery)> = vec![
-        (
-            "queue+state",
-            JobQuery {
-                queue: QueueName::parse("q3").ok(),
-                state: Some(JobState::Succeeded),
-                ..base()
-            },
-        ),
-        (
-            "kind",
-            JobQuery {
-                kind: JobKind::parse("sms.send").ok(),
-                ..base()
-            },
-        ),
-        (
-            "tag",
-            JobQuery {
-                tag: Tag::parse("tenant:42").ok(),
-                ..base()
-            },
-        ),
-        (
-            "payload",
-            JobQuery {
-                payload: vec![(vec!["user_id".into()], serde_json::json!(4242))],
-                ..base()
-            },
-        ),
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(axum::serve(listener, ferry_api::router(state)).into_future());
+    let client = reqwest::Client::new();
+    let get = |path: String| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let resp = client.get(&url).send().await?;
+            let status = resp.status();
+            let body: serde_json::Value = serde_json::from_str(&resp.text().await?)?;
+            anyhow::ensure!(status.is_success(), "GET {url}: {status} {body}");
+            Ok::<_, anyhow::Error>(body)
+        }
+    };
+    let page_two = get("/v1/jobs?queue=q7&limit=50".into()).await?["next"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("the first page of q7 has no next link"))?;
+    let filters: Vec<(&str, String)> = vec![
+        ("queue+state", "/v1/jobs?queue=q3&state=succeeded".into()),
+        ("kind", "/v1/jobs?kind=sms.send".into()),
+        ("tenant", "/v1/jobs?tenant=t42".into()),
+        ("tag", "/v1/jobs?tag=tenant:42".into()),
+        ("payload", "/v1/jobs?payload.user_id=4242".into()),
         (
             "created_range",
-            JobQuery {
-                created_from: Some(mid),
-                created_to: Some(UnixMillis(mid.0 + 1000)),
-                ..base()
-            },
+            format!("/v1/jobs?created_after={mid}&created_before={}", mid + 1000),
         ),
-        ("queue_page_2", {
-            let first = store
-                .search(&JobQuery {
-                    queue: QueueName::parse("q7").ok(),
-                    ..base()
-                })
-                .await?;
-            JobQuery {
-                queue: QueueName::parse("q7").ok(),
-                before: first.last().map(|r| r.id),
-                ..base()
-            }
-        }),
+        ("queue_page_2", page_two),
     ];
     let mut lines = Vec::new();
-    for (name, q) in filters {
+    for (name, path) in filters {
         let mut micros = Vec::with_capacity(usize::try_from(a.rate).unwrap_or(0));
         let mut found = 0;
         for _ in 0..a.rate {
             let t = Instant::now();
-            found = store.search(&q).await?.len();
+            found = get(path.clone()).await?["jobs"]
+                .as_array()
+                .map_or(0, Vec::len);
             micros.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
         }
         micros.sort_unstable();
@@ -457,8 +447,9 @@ async fn query(
             let idx = ((micros.len() as f64 - 1.0) * x).round() as usize;
             micros[idx.min(micros.len() - 1)] as f64 / 1000.0
         };
-        lines.push(serde_json::json!({"bench":"query","store":store.name(),"jobs":a.jobs,"filter":name,"queries":a.rate,"rows":found,"p50_ms":pct(0.5),"p99_ms":pct(0.99)}));
+        lines.push(serde_json::json!({"bench":"query","via":"http","store":store.name(),"jobs":a.jobs,"filter":name,"path":path,"queries":a.rate,"rows":found,"p50_ms":pct(0.5),"p99_ms":pct(0.99)}));
     }
+    server.abort();
     Ok(lines)
 }
 
