@@ -27,6 +27,15 @@ pub(crate) struct Dispatch {
     pub(crate) default_timeout: Duration,
     pub(crate) worker: Arc<str>,
     pub(crate) in_flight: Arc<AtomicUsize>,
+    /// Cancelled when the shutdown grace period is over.
+    pub(crate) abort: tokio_util::sync::CancellationToken,
+}
+
+/// How one call of a handler ended.
+enum Ran {
+    Done(Result<Option<ferry_core::Payload>, JobError>),
+    /// Stopped by the end of the shutdown grace period: the job goes back undone.
+    Stopped,
 }
 
 impl tower::Service<Task<Lease>> for Dispatch {
@@ -88,9 +97,21 @@ impl Dispatch {
                     },
                 )))
                 .await;
-            let result = self.call_handler(&lease).await;
-            let (s, k, o) = self.decide(&lease, result);
-            (s, k, o, job.attempt)
+            match self.call_handler(&lease).await {
+                Ran::Done(result) => {
+                    let (s, k, o) = self.decide(&lease, result);
+                    (s, k, o, job.attempt)
+                }
+                Ran::Stopped => {
+                    let at = UnixMillis::now();
+                    (
+                        Settlement::Release { at },
+                        JobEventKind::Released { at },
+                        Outcome::Released,
+                        job.attempt.saturating_sub(1),
+                    )
+                }
+            }
         };
         ferry_telemetry::job_finished(job.queue.as_str(), outcome, started.elapsed());
         self.settler
@@ -103,19 +124,26 @@ impl Dispatch {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
-    async fn call_handler(&self, lease: &Lease) -> Result<Option<ferry_core::Payload>, JobError> {
+    async fn call_handler(&self, lease: &Lease) -> Ran {
         let ctx = JobContext {
             job: lease.job.clone(),
             worker: self.worker.clone(),
         };
         let Some(fut) = self.registry.call(ctx) else {
-            return Err(JobError::Retry(format!(
+            return Ran::Done(Err(JobError::Retry(format!(
                 "no handler for kind '{}' in worker {}",
                 lease.job.kind, self.worker
-            )));
+            ))));
         };
         let limit = lease.job.timeout.unwrap_or(self.default_timeout);
-        match tokio::time::timeout(limit, AssertUnwindSafe(fut).catch_unwind()).await {
+        let run = tokio::time::timeout(limit, AssertUnwindSafe(fut).catch_unwind());
+        // Dropping the handler's future is how it is stopped, on timeout as on shutdown.
+        let ran = tokio::select! {
+            biased;
+            r = run => r,
+            () = self.abort.cancelled() => return Ran::Stopped,
+        };
+        Ran::Done(match ran {
             Err(_) => Err(JobError::Retry(format!(
                 "timed out after {} ms",
                 limit.as_millis()
@@ -125,7 +153,7 @@ impl Dispatch {
                 panic_message(panic.as_ref())
             ))),
             Ok(Ok(r)) => r,
-        }
+        })
     }
 
     fn decide(

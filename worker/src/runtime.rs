@@ -31,6 +31,9 @@ pub struct WorkerOptions {
     pub retry: RetryPolicy,
     /// This process's id in leases and history (default: `w-<pid>-<random>`).
     pub worker_id: Option<String>,
+    /// After shutdown is asked for, how long running jobs may take to finish; then they are
+    /// stopped and released to the broker (their attempt does not count).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -42,6 +45,7 @@ impl Default for WorkerOptions {
             default_timeout: Duration::from_secs(300),
             retry: RetryPolicy::default(),
             worker_id: None,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -70,8 +74,9 @@ impl Worker {
         }
     }
 
-    /// Runs until `shutdown` is cancelled, then stops leasing, lets running jobs finish,
-    /// records and settles them, and returns.
+    /// Runs until `shutdown` is cancelled, then stops leasing, lets running jobs finish
+    /// within the grace period, stops and releases those still running after it, records
+    /// and settles everything, and returns.
     ///
     /// # Errors
     /// When apalis reports a worker error.
@@ -108,7 +113,20 @@ impl Worker {
             held,
             shutdown: shutdown.clone(),
         };
+        // Fires `shutdown_grace` after `shutdown`: running handlers are dropped and their jobs
+        // released.
+        let abort = CancellationToken::new();
+        let grace_timer = {
+            let (shutdown, abort, grace) = (shutdown.clone(), abort.clone(), o.shutdown_grace);
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+                tracing::warn!(grace = ?grace, "grace period over: releasing jobs still running");
+                abort.cancel();
+            })
+        };
         let dispatch = Dispatch {
+            abort,
             registry: Arc::new(self.registry),
             settler,
             retry: o.retry,
@@ -127,6 +145,7 @@ impl Worker {
                 Ok::<(), std::io::Error>(())
             })
             .await;
+        grace_timer.abort();
         // The worker (and every settler handle in it) is gone: the settler flushes and exits.
         let _ = settler_task.await;
         stop_heartbeat.cancel();

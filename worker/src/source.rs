@@ -189,9 +189,8 @@ impl Persistence for LeaseSource {
             .iter()
             .map(|t| Settle {
                 lease: t.args.to_ref(),
-                settlement: Settlement::Retry {
+                settlement: Settlement::Release {
                     at: UnixMillis::now(),
-                    error: "released unstarted at worker shutdown".into(),
                 },
             })
             .collect();

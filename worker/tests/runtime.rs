@@ -248,3 +248,70 @@ async fn http_handler_retries_5xx_and_succeeds_on_2xx() {
     r.stop.cancel();
     r.task.await.unwrap().unwrap();
 }
+
+/// Shutdown: no new leases; a job that ends within the grace period finishes and is
+/// recorded; one still running when it ends is stopped and released (back in the queue,
+/// the attempt not counted, `released` in its timeline), and `run` returns Ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_within_grace_then_releases() {
+    let started = Arc::new(AtomicU32::new(0));
+    let mut registry = Registry::with_builtins();
+    let s = started.clone();
+    registry.register("slow", move |_ctx: JobContext, ms: u64| {
+        let s = s.clone();
+        async move {
+            s.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, JobError>(())
+        }
+    });
+    let r = rig(
+        registry,
+        WorkerOptions {
+            shutdown_grace: Duration::from_millis(500),
+            ..fast()
+        },
+    )
+    .await;
+    let short = submit(&r, "slow", "100", 3).await;
+    let long = submit(&r, "slow", "60000", 3).await;
+    let t = Instant::now();
+    while started.load(Ordering::SeqCst) < 2 {
+        assert!(t.elapsed() < Duration::from_secs(10), "jobs did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let asked = Instant::now();
+    r.stop.cancel();
+    r.task.await.unwrap().unwrap();
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "returned {took:?} after shutdown, grace 500 ms"
+    );
+    let rec = r.store.job(short).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.attempts), (JobState::Succeeded, 1));
+    let rec = r.store.job(long).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.attempts), (JobState::Queued, 0));
+    let kinds: Vec<String> = r
+        .store
+        .events(long)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["enqueued", "started", "released"]);
+    // Back in the broker, due now, its attempt not spent.
+    let again = r
+        .broker
+        .lease(
+            &ferry_core::broker::QueueSelector::All,
+            10,
+            Duration::from_secs(30),
+            "next",
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].job.id, again[0].job.attempt), (long, 1));
+}

@@ -199,7 +199,7 @@ pub(crate) async fn settle(
     let mut out = vec![SettleOutcome::Stale; batch.len()];
     for (keys, idx) in held.group(batch.iter().map(|s| s.lease), false) {
         // Acks first, as two blocks (members, then ids) the script can hand to Redis as they
-        // are; then retries and dead letters, four values each.
+        // are; then retries, releases and dead letters, four values each.
         let (acks, others): (Vec<usize>, Vec<usize>) = idx
             .iter()
             .partition(|&&i| batch[i].settlement == Settlement::Ack);
@@ -217,6 +217,7 @@ pub(crate) async fn settle(
                     let (kind, at, error) = match &s.settlement {
                         Settlement::Retry { at, error } => ("r", at.0, error.as_str()),
                         Settlement::Dead { error } => ("d", 0, error.as_str()),
+                        Settlement::Release { at } => ("l", at.0, ""),
                         Settlement::Ack => unreachable!("acks were partitioned out"),
                     };
                     inv.arg(kind).arg(lease_member(&s.lease)).arg(at).arg(error);

@@ -151,16 +151,19 @@ pub(crate) async fn settle(
         .iter()
         .filter(|s| s.settlement != Settlement::Ack)
         .collect();
-    for chunk in others.chunks(MAX_PER_STATEMENT / 2) {
+    for chunk in others.chunks(MAX_PER_STATEMENT / 3) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "UPDATE ferry_jobs SET state = v.column3, run_at = COALESCE(v.column4, ferry_jobs.run_at), \
-             last_error = v.column5, lease_until = NULL, worker = NULL FROM (VALUES ",
+             last_error = COALESCE(v.column5, ferry_jobs.last_error), \
+             attempt = ferry_jobs.attempt - v.column6, lease_until = NULL, worker = NULL FROM (VALUES ",
         );
         let mut sep = q.separated(", ");
         for s in chunk {
-            let (state, at, error) = match &s.settlement {
-                Settlement::Retry { at, error } => (0i64, Some(at.0), error.as_str()),
-                Settlement::Dead { error } => (2i64, None, error.as_str()),
+            // (state, due, error, attempts to give back)
+            let (state, at, error, undo) = match &s.settlement {
+                Settlement::Retry { at, error } => (0i64, Some(at.0), Some(error.as_str()), 0i64),
+                Settlement::Dead { error } => (2i64, None, Some(error.as_str()), 0),
+                Settlement::Release { at } => (0, Some(at.0), None, 1),
                 Settlement::Ack => unreachable!("acks were filtered out above"),
             };
             sep.push("(")
@@ -173,6 +176,8 @@ pub(crate) async fn settle(
                 .push_bind_unseparated(at)
                 .push_unseparated(", ")
                 .push_bind_unseparated(error)
+                .push_unseparated(", ")
+                .push_bind_unseparated(undo)
                 .push_unseparated(")");
         }
         q.push(

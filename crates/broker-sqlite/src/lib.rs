@@ -131,10 +131,13 @@ impl Broker for SqliteBroker {
 
     async fn settle(&self, batch: &[Settle]) -> BrokerResult<Vec<SettleOutcome>> {
         let out = consumer::settle(&self.inner.writer, batch).await?;
-        if batch
-            .iter()
-            .any(|s| matches!(s.settlement, ferry_core::broker::Settlement::Retry { .. }))
-        {
+        if batch.iter().any(|s| {
+            matches!(
+                s.settlement,
+                ferry_core::broker::Settlement::Retry { .. }
+                    | ferry_core::broker::Settlement::Release { .. }
+            )
+        }) {
             self.wake_consumers();
         }
         Ok(out)

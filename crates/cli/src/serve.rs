@@ -74,6 +74,7 @@ pub(crate) async fn run(role: Role) -> anyhow::Result<()> {
                     cap: worker_cfg.retry_cap,
                 },
                 worker_id: None,
+                shutdown_grace: worker_cfg.shutdown_grace,
             },
         );
         Some(tokio::spawn(w.run(shutdown.clone())))

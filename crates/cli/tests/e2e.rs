@@ -6,55 +6,15 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-struct Dev {
-    child: Child,
-    base: String,
-}
+use support::{Dev, start_role};
 
 fn start(data: &std::path::Path, env: &[(&str, String)]) -> Dev {
     start_role("dev", data, env)
-}
-
-fn start_role(role: &str, data: &std::path::Path, env: &[(&str, String)]) -> Dev {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .arg(role)
-        .env("FERRY_LISTEN", "127.0.0.1:0")
-        .env("FERRY_DATA_DIR", data)
-        .env("FERRY_RETRY_BASE_MS", "10")
-        .env("FERRY_RETRY_CAP_MS", "50")
-        .env("FERRY_LEASE_MS", "1500")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn ferry dev");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("ferry: listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    Dev { child, base }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// What a job should end as: (kind, payload, max_attempts, expected attempts, expected result).

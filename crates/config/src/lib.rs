@@ -247,6 +247,10 @@ pub struct WorkerConfig {
     /// backoff after failed attempt n is drawn from [0, min(cap, base * 2^(n-1))].
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// `FERRY_SHUTDOWN_GRACE_MS` (default 30000): on SIGTERM/SIGINT the worker stops leasing
+    /// and lets running jobs finish for this long; what is still running then is stopped
+    /// and given back to the broker (the attempt does not count), and the process exits 0.
+    pub shutdown_grace: Duration,
 }
 
 impl WorkerConfig {
@@ -288,6 +292,7 @@ impl WorkerConfig {
             default_timeout: millis(env, "FERRY_JOB_TIMEOUT_MS", 300_000)?,
             retry_base: millis(env, "FERRY_RETRY_BASE_MS", 1_000)?,
             retry_cap: millis(env, "FERRY_RETRY_CAP_MS", 3_600_000)?,
+            shutdown_grace: millis(env, "FERRY_SHUTDOWN_GRACE_MS", 30_000)?,
         })
     }
 }

@@ -5,7 +5,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_core::broker::{Broker, Capabilities, QueueSelector, SettleOutcome};
+use ferry_core::broker::{
+    Broker, Capabilities, Lease, QueueSelector, Settle, SettleOutcome, Settlement,
+};
 use ferry_core::{JobEnvelope, JobKind, QueueName, UnixMillis};
 use serde_json::value::RawValue;
 
@@ -20,6 +22,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $make;
             round_trip, large_batch_enqueue_and_lease, leased_jobs_are_invisible_until_expiry,
             stale_tokens_are_refused, heartbeat_keeps_a_lease, nack_delays_redelivery,
+            release_keeps_the_attempt,
             dead_letter_and_retry, delayed_jobs_wait, priorities_are_honoured,
             idempotency_keys_deduplicate, pause_and_resume, stats_are_exact,
             concurrent_consumers_never_share_a_job, idle_pickup_is_prompt,
@@ -295,6 +298,64 @@ pub async fn nack_delays_redelivery(b: DynBroker) {
     .await;
     assert!(UnixMillis::now() >= at);
     assert_eq!(again.job.attempt, 2);
+}
+
+/// A release gives a job back without spending an attempt (worker shutdown, pool limits),
+/// at once or at a later time, and the old lease is dead afterwards.
+pub async fn release_keeps_the_attempt(b: DynBroker) {
+    let q = fresh_queue("release");
+    b.enqueue(vec![job(&q, 1)]).await.unwrap();
+    let first = b
+        .lease(&only(&q), 1, LEASE, "a")
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(first.job.attempt, 1);
+    let release = |l: &Lease, at| {
+        let b = b.clone();
+        let settle = Settle {
+            lease: l.to_ref(),
+            settlement: Settlement::Release { at },
+        };
+        async move { b.settle(&[settle]).await }
+    };
+    assert_eq!(
+        release(&first, UnixMillis::now()).await.unwrap(),
+        vec![SettleOutcome::Applied]
+    );
+    let second = b
+        .lease(&only(&q), 1, LEASE, "b")
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        second.job.attempt, 1,
+        "a released delivery is not an attempt"
+    );
+    assert!(second.token > first.token);
+    assert_eq!(
+        b.ack(first.to_ref()).await.unwrap(),
+        SettleOutcome::Stale,
+        "the released lease is gone"
+    );
+    if b.capabilities().delay {
+        let at = UnixMillis::now().plus(Duration::from_millis(300));
+        release(&second, at).await.unwrap();
+        assert!(
+            b.lease(&only(&q), 1, LEASE, "b").await.unwrap().is_empty(),
+            "not before `at`"
+        );
+        let third = eventually(Duration::from_secs(5), "released job", || {
+            let b = b.clone();
+            let q = q.clone();
+            async move { b.lease(&only(&q), 1, LEASE, "b").await.unwrap().pop() }
+        })
+        .await;
+        assert!(UnixMillis::now() >= at);
+        assert_eq!(third.job.attempt, 1);
+    }
 }
 
 pub async fn dead_letter_and_retry(b: DynBroker) {

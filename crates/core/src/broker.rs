@@ -61,6 +61,10 @@ pub enum Settlement {
     Retry { at: UnixMillis, error: String },
     /// Park in the dead-letter queue with the last error.
     Dead { error: String },
+    /// Give the job back undone, due at `at`: it did not run to an outcome (its worker is
+    /// shutting down, or a pool-wide limit said "not yet"), so this delivery does not count
+    /// as an attempt.
+    Release { at: UnixMillis },
 }
 
 /// One settlement of one lease.

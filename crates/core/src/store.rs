@@ -34,6 +34,11 @@ pub enum JobEventKind {
         error: String,
     },
     Cancelled,
+    /// The attempt was given back undone (worker shutdown); the job is due again at `at`
+    /// and the attempt does not count.
+    Released {
+        at: UnixMillis,
+    },
 }
 
 impl JobEventKind {
@@ -47,6 +52,7 @@ impl JobEventKind {
             Self::Failed { .. } => "failed",
             Self::Dead { .. } => "dead",
             Self::Cancelled => "cancelled",
+            Self::Released { .. } => "released",
         }
     }
 
@@ -57,7 +63,10 @@ impl JobEventKind {
         match self {
             Self::Enqueued => 0,
             Self::Started { .. } => 1,
-            Self::Succeeded { .. } | Self::Failed { .. } | Self::Dead { .. } => 2,
+            Self::Succeeded { .. }
+            | Self::Failed { .. }
+            | Self::Dead { .. }
+            | Self::Released { .. } => 2,
             Self::Cancelled => 3,
         }
     }
@@ -69,7 +78,7 @@ impl JobEventKind {
             Self::Started { worker } => (Some(worker), None, None),
             Self::Failed { error, .. } | Self::Dead { error } => (None, Some(error), None),
             Self::Succeeded { result } => (None, None, result.as_ref()),
-            Self::Enqueued | Self::Cancelled => (None, None, None),
+            Self::Enqueued | Self::Cancelled | Self::Released { .. } => (None, None, None),
         }
     }
 
@@ -84,6 +93,7 @@ impl JobEventKind {
             Self::Failed { .. } => JobState::Retrying,
             Self::Dead { .. } => JobState::Dead,
             Self::Cancelled => JobState::Cancelled,
+            Self::Released { .. } => JobState::Queued,
         }
     }
 }

@@ -592,6 +592,7 @@ impl JobCols {
                 Some(e.at.0),
             ),
             JobEventKind::Failed { retry_at, .. } => (None, retry_at.0, None),
+            JobEventKind::Released { at } => (None, at.0, None),
             JobEventKind::Dead { .. } | JobEventKind::Cancelled => {
                 (None, job.run_at.0, Some(e.at.0))
             }

@@ -294,6 +294,7 @@ async fn write_events(pool: &SqlitePool, events: Vec<JobEvent>) -> Result<(), sq
                     (None, Some(error.clone()), job.run_at.0, None, Some(ev.at.0))
                 }
                 JobEventKind::Cancelled => (None, None, job.run_at.0, None, Some(ev.at.0)),
+                JobEventKind::Released { at } => (None, None, at.0, None, None),
             };
             b.push_bind(job.id.as_uuid().as_bytes().to_vec())
                 .push_bind(job.queue.as_str().to_owned())

@@ -23,6 +23,8 @@ pub enum Outcome {
     Succeeded,
     Retried,
     Dead,
+    /// Given back undone at shutdown (not an attempt).
+    Released,
 }
 
 impl Outcome {
@@ -32,6 +34,7 @@ impl Outcome {
             Self::Succeeded => "succeeded",
             Self::Retried => "retried",
             Self::Dead => "dead",
+            Self::Released => "released",
         }
     }
 }

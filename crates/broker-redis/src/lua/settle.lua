@@ -1,6 +1,7 @@
 -- ARGV: queue, most dead jobs kept, number of acks n, then n ack lease members
 -- (id .. token), then the same n ids, then 4 per other settlement: kind ('r' retry,
--- 'd' dead), lease member, retry-at ms, error.
+-- 'l' release: like a retry, but this delivery does not count as an attempt; 'd' dead),
+-- lease member, retry-at ms, error.
 -- Returns 1 per settlement applied, 0 per stale one (its lease is no longer current); acks
 -- first, in order, then the others.
 local queue, dead_max, na = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -52,7 +53,8 @@ for j = 1, #members do
     local id = string.sub(m, 1, 16)
     local att = tonumber(string.sub(m, 17)) % TOKEN_SPLIT
     held[#held + 1] = m
-    if kind == 'r' then
+    if kind == 'l' then att = att - 1 end
+    if kind == 'r' or kind == 'l' then
       local at = tonumber(ARGV[b + 3])
       if at <= now then
         again[#again + 1] = id

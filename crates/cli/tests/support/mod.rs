@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -251,4 +251,48 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// A `ferry` process that serves HTTP, killed (SIGKILL) when dropped.
+pub struct Dev {
+    pub child: Child,
+    pub base: String,
+}
+
+/// Starts `ferry <role>` on a free port with fast retries and 1.5 s leases; returns once it
+/// listens.
+pub fn start_role(role: &str, data: &std::path::Path, env: &[(&str, String)]) -> Dev {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .arg(role)
+        .env("FERRY_LISTEN", "127.0.0.1:0")
+        .env("FERRY_DATA_DIR", data)
+        .env("FERRY_RETRY_BASE_MS", "10")
+        .env("FERRY_RETRY_CAP_MS", "50")
+        .env("FERRY_LEASE_MS", "1500")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ferry dev");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("ferry: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Dev { child, base }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

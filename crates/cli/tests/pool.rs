@@ -1,0 +1,285 @@
+//! A pool of `ferry worker` processes on Redis, with history in Postgres: every job runs
+//! exactly once; a SIGKILLed worker's in-flight jobs (and only those) run again; SIGTERM
+//! drains within the grace period and a rolling restart loses nothing.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+use support::{Dev, start_role};
+
+fn redis_url() -> String {
+    std::env::var("FERRY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A queue of this run's own on the shared Redis.
+fn fresh_queue(prefix: &str) -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("{prefix}-{}", &id[id.len() - 12..])
+}
+
+struct Pool {
+    env: Vec<(&'static str, String)>,
+    dir: tempfile::TempDir,
+    api: Dev,
+    db: String,
+}
+
+impl Pool {
+    async fn start(queue: &str, extra: &[(&'static str, &str)]) -> Self {
+        let db = support::fresh_database().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = vec![
+            ("FERRY_BROKER_URL", redis_url()),
+            ("FERRY_DATABASE_URL", db.clone()),
+            ("FERRY_QUEUES", queue.to_owned()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let api = start_role("api", dir.path(), &env);
+        Self { env, dir, api, db }
+    }
+
+    fn worker(&self) -> Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.arg("worker")
+            .env("FERRY_DATA_DIR", self.dir.path())
+            .env("FERRY_LEASE_MS", "1500")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn ferry worker")
+    }
+
+    /// Submits `n` jobs of `kind` with `payload` in batches of 1,000.
+    async fn submit(&self, queue: &str, n: usize, kind: &str, payload: &Value) {
+        let client = reqwest::Client::new();
+        let mut left = n;
+        while left > 0 {
+            let take = left.min(1000);
+            let jobs: Vec<Value> = (0..take)
+                .map(|_| json!({"kind": kind, "payload": payload}))
+                .collect();
+            let resp = client
+                .post(format!("{}/v1/queues/{queue}/jobs/batch", self.api.base))
+                .json(&json!({ "jobs": jobs }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+            left -= take;
+        }
+    }
+
+    async fn db(&self) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect(&self.db).await.unwrap()
+    }
+
+    /// Waits until `n` jobs succeeded in history.
+    async fn wait_succeeded(&self, n: i64, within: Duration) {
+        let mut conn = self.db().await;
+        let start = Instant::now();
+        loop {
+            let done: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM ferry_jobs WHERE state = 'succeeded'")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+            if done == n {
+                return;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{done} of {n} jobs succeeded after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// How many jobs ran (were started) once, twice, ...: (runs, jobs).
+    async fn runs_per_job(&self) -> Vec<(i64, i64)> {
+        sqlx::query_as(
+            "SELECT runs, count(*) FROM (SELECT job_id, count(*) AS runs FROM ferry_job_events \
+             WHERE kind = 'started' GROUP BY job_id) t GROUP BY runs ORDER BY runs",
+        )
+        .fetch_all(&mut self.db().await)
+        .await
+        .unwrap()
+    }
+}
+
+fn stop(mut children: Vec<Child>) {
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM {}", child.id());
+}
+
+/// Waits for a child to exit, at most `within`; returns its exit code and when it exited.
+fn wait_exit(child: &mut Child, within: Duration) -> (Option<i32>, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), start.elapsed());
+        }
+        assert!(
+            start.elapsed() < within,
+            "worker still running after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const JOBS: usize = 100_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_run_every_job_exactly_once() {
+    let queue = fresh_queue("pool");
+    let pool = Pool::start(&queue, &[("FERRY_WORKER_CONCURRENCY", "200")]).await;
+    pool.submit(&queue, JOBS, "noop", &json!({})).await;
+    let workers: Vec<Child> = (0..3).map(|_| pool.worker()).collect();
+    pool.wait_succeeded(JOBS as i64, Duration::from_secs(300))
+        .await;
+    assert_eq!(
+        pool.runs_per_job().await,
+        vec![(1, JOBS as i64)],
+        "each job ran once"
+    );
+    stop(workers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_worker_loses_nothing_and_only_its_in_flight_jobs_run_twice() {
+    const CONCURRENCY: i64 = 200;
+    let queue = fresh_queue("kill");
+    let pool = Pool::start(&queue, &[("FERRY_WORKER_CONCURRENCY", "200")]).await;
+    // Jobs of a few ms each, so that every worker always has jobs in flight.
+    pool.submit(&queue, JOBS, "sleep", &json!({"ms": 2})).await;
+    let mut workers: Vec<Child> = (0..3).map(|_| pool.worker()).collect();
+    let mut conn = pool.db().await;
+    let start = Instant::now();
+    loop {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM ferry_jobs WHERE state = 'succeeded'")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        if done >= JOBS as i64 / 4 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "pool too slow: {done} done"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut victim = workers.remove(0);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    pool.wait_succeeded(JOBS as i64, Duration::from_secs(300))
+        .await;
+    let runs = pool.runs_per_job().await;
+    let twice: i64 = runs.iter().filter(|(r, _)| *r == 2).map(|(_, n)| n).sum();
+    assert!(
+        runs.iter().all(|(r, _)| *r <= 2),
+        "no job ran more than twice: {runs:?}"
+    );
+    assert!(
+        twice <= CONCURRENCY,
+        "only the killed worker's in-flight jobs (at most {CONCURRENCY}) ran twice: {runs:?}"
+    );
+    stop(workers);
+}
+
+/// SIGTERM under load: the worker stops leasing, finishes short jobs, releases the long ones
+/// when the grace period ends, and exits 0 within it; a rolling restart (each worker in turn
+/// replaced) loses nothing, and a released run does not count as an attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_within_grace_and_a_rolling_restart_loses_nothing() {
+    const GRACE_MS: u64 = 1500;
+    let queue = fresh_queue("term");
+    let pool = Pool::start(
+        &queue,
+        &[
+            ("FERRY_WORKER_CONCURRENCY", "20"),
+            ("FERRY_SHUTDOWN_GRACE_MS", "1500"),
+        ],
+    )
+    .await;
+    pool.submit(&queue, 400, "sleep", &json!({"ms": 50})).await;
+    // Longer than the grace period: these are in flight at each SIGTERM and get released.
+    pool.submit(&queue, 10, "sleep", &json!({"ms": 4000})).await;
+    let mut workers: Vec<Child> = (0..2).map(|_| pool.worker()).collect();
+    let mut conn = pool.db().await;
+    for round in 0..2 {
+        // Wait until some worker runs a long job, then replace that worker (worker ids are
+        // `w-<pid>-<random>`).
+        let start = Instant::now();
+        let pid: u32 = loop {
+            let holder: Option<String> = sqlx::query_scalar(
+                "SELECT e.worker FROM ferry_jobs j JOIN ferry_job_events e \
+                   ON e.job_id = j.id AND e.fence = (SELECT max(fence) FROM ferry_job_events \
+                                                     WHERE job_id = j.id) \
+                 WHERE j.state = 'running' AND j.payload->>'ms' = '4000' AND e.kind = 'started' \
+                 LIMIT 1",
+            )
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+            if let Some(pid) = holder.and_then(|w| w.split('-').nth(1)?.parse().ok())
+                && workers.iter().any(|w| w.id() == pid)
+            {
+                break pid;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "round {round}: no long job running"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let at = workers.iter().position(|w| w.id() == pid).unwrap();
+        let mut old = workers.remove(at);
+        sigterm(&old);
+        let (code, took) = wait_exit(&mut old, Duration::from_millis(GRACE_MS + 5000));
+        assert_eq!(code, Some(0), "round {round}: a SIGTERMed worker exits 0");
+        assert!(
+            took >= Duration::from_millis(GRACE_MS - 200)
+                && took < Duration::from_millis(GRACE_MS + 2000),
+            "round {round}: exited {took:?} after SIGTERM with a {GRACE_MS} ms grace period \
+             and a 4 s job running"
+        );
+        workers.push(pool.worker());
+    }
+    pool.wait_succeeded(410, Duration::from_secs(120)).await;
+    let bad: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM ferry_jobs WHERE state <> 'succeeded' OR attempts <> 1",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(bad, 0, "every job succeeded on its first counted attempt");
+    let released: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ferry_job_events WHERE kind = 'released'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(
+        released > 0,
+        "long jobs were in flight at a SIGTERM and were released"
+    );
+    stop(workers);
+}
