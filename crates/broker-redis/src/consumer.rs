@@ -29,6 +29,8 @@ pub(crate) struct Held {
 
 struct Entry {
     keys: Arc<QueueKeys>,
+    /// The job's `concurrency_key` holder set, renewed with the lease (`flow.lua`).
+    holders: Option<String>,
     /// Last lease or extension: entries untouched for an hour belong to leases that expired
     /// long ago and were abandoned by their caller, and are pruned.
     touched: UnixMillis,
@@ -58,6 +60,7 @@ impl Held {
                 l.to_ref(),
                 Entry {
                     keys: keys.clone(),
+                    holders: l.job.concurrency_key.as_ref().map(|k| keys.key_holders(k)),
                     touched: now,
                 },
             );
@@ -84,6 +87,13 @@ impl Held {
             }
         }
         groups
+    }
+
+    /// The concurrency-key holder sets of `refs` that have one: (set, job id).
+    fn holders(&self, refs: impl Iterator<Item = LeaseRef>) -> Vec<(String, ferry_core::JobId)> {
+        let map = self.lock();
+        refs.filter_map(|r| Some((map.get(&r)?.holders.clone()?, r.id)))
+            .collect()
     }
 
     fn remove(&self, refs: impl Iterator<Item = LeaseRef>) {
@@ -178,6 +188,30 @@ pub(crate) async fn extend(
         for (&i, v) in idx.iter().zip(array(reply, "extend")?) {
             out[i] = int(&v, "extend")? == 1;
         }
+    }
+    // A job holding a concurrency key holds it as long as its lease (flow.lua).
+    let holders = held.holders(
+        leases
+            .iter()
+            .zip(&out)
+            .filter(|(_, ok)| **ok)
+            .map(|(l, _)| *l),
+    );
+    if !holders.is_empty() {
+        let until = UnixMillis::now().plus(lease_for).0;
+        let mut pipe = redis::pipe();
+        for (set, id) in &holders {
+            pipe.cmd("ZADD")
+                .arg(set)
+                .arg("XX")
+                .arg(until)
+                .arg(id_bytes(*id).as_slice())
+                .ignore();
+        }
+        let mut conn = shared.conn.clone();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| crate::shared::unavailable(&e))?;
     }
     // A lost lease will never be settled by its holder: forget it now.
     held.remove(

@@ -14,7 +14,7 @@ pub(crate) const WAKE_CHANNEL: &str = "ferry:wake";
 #[derive(Debug)]
 pub(crate) struct QueueKeys {
     pub(crate) queue: QueueName,
-    pub(crate) keys: [String; 8],
+    pub(crate) keys: [String; 10],
 }
 
 impl QueueKeys {
@@ -31,8 +31,20 @@ impl QueueKeys {
                 k("err"),
                 k("fence"),
                 k("paused"),
+                k("limits"),
+                k("tat"),
             ],
         }
+    }
+
+    /// The holders of one `concurrency_key` (zset: job id -> holder expiry ms).
+    pub(crate) fn key_holders(&self, key: &ferry_core::FlowKey) -> String {
+        format!("ferry:{{{}}}:ck:{}", self.queue.as_str(), key.as_str())
+    }
+
+    /// One `rate_key`'s GCRA state (the theoretical arrival time, ms).
+    pub(crate) fn key_rate(&self, key: &ferry_core::FlowKey) -> String {
+        format!("ferry:{{{}}}:rk:{}", self.queue.as_str(), key.as_str())
     }
 
     /// `scope` is the tenant and key ([`ferry_core::JobEnvelope::idempotency_scope`]).

@@ -3,6 +3,7 @@
 mod admin;
 mod config;
 mod consumer;
+mod flow;
 mod keys;
 mod producer;
 mod scripts;
@@ -20,6 +21,7 @@ use ferry_core::broker::{
     Broker, BrokerError, BrokerResult, Capabilities, DeadJob, EnqueueOutcome, Lease, LeaseRef,
     QueueSelector, QueueStats, Settle, SettleOutcome,
 };
+use ferry_core::limits::{KeyGate, QueueLimits};
 use ferry_core::{JobEnvelope, JobId, QueueName, UnixMillis};
 use redis::aio::ConnectionManagerConfig;
 use tokio::sync::Mutex as AsyncMutex;
@@ -173,6 +175,7 @@ impl Broker for RedisBroker {
             per_message_lease: true,
             pause: true,
             cross_process_wakeup: true,
+            limits: true,
         }
     }
 
@@ -258,6 +261,22 @@ impl Broker for RedisBroker {
 
     async fn retry_dead(&self, queue: &QueueName, ids: Option<&[JobId]>) -> BrokerResult<u64> {
         admin::retry_dead(&self.inner.shared, queue, ids).await
+    }
+
+    async fn set_limits(&self, queue: &QueueName, limits: &QueueLimits) -> BrokerResult<()> {
+        flow::set_limits(&self.inner.shared, queue, limits).await
+    }
+
+    async fn limits(&self, queue: &QueueName) -> BrokerResult<QueueLimits> {
+        flow::limits(&self.inner.shared, queue).await
+    }
+
+    async fn enter_keys(&self, job: &JobEnvelope, hold_for: Duration) -> BrokerResult<KeyGate> {
+        flow::enter(&self.inner.shared, job, hold_for).await
+    }
+
+    async fn leave_keys(&self, job: &JobEnvelope) -> BrokerResult<()> {
+        flow::leave(&self.inner.shared, job).await
     }
 
     async fn ping(&self) -> BrokerResult<()> {

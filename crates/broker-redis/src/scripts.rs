@@ -25,3 +25,5 @@ pub(crate) static STATS: LazyLock<Script> = script!("stats.lua");
 pub(crate) static DEAD_JOBS: LazyLock<Script> = script!("dead_jobs.lua");
 pub(crate) static RETRY_DEAD: LazyLock<Script> = script!("retry_dead.lua");
 pub(crate) static PAUSE: LazyLock<Script> = script!("pause.lua");
+pub(crate) static FLOW: LazyLock<Script> = script!("flow.lua");
+pub(crate) static SET_LIMITS: LazyLock<Script> = script!("set_limits.lua");

@@ -98,6 +98,8 @@ impl Broker for SqliteBroker {
             per_message_lease: true,
             pause: true,
             cross_process_wakeup: false,
+            // One process owns the embedded broker; pool-wide limits need a shared broker.
+            limits: false,
         }
     }
 

@@ -6,7 +6,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use crate::row::{encode_headers, encode_tags, id_bytes};
 
-/// Rows per INSERT statement: 14 parameters each stays far below SQLite's 32,766 limit.
+/// Rows per INSERT statement: 17 parameters each stays far below SQLite's 32,766 limit.
 const ROWS_PER_INSERT: usize = 500;
 
 /// How long an idempotency key keeps returning the original job.
@@ -74,7 +74,7 @@ pub(crate) async fn insert(
     for chunk in fresh.chunks(ROWS_PER_INSERT) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO ferry_jobs (id, queue, kind, payload, priority, run_at, created_at, \
-             attempt, max_attempts, timeout_ms, idempotency_key, tenant, tags, headers, state) ",
+             attempt, max_attempts, timeout_ms, idempotency_key, tenant, concurrency_key, rate_key, tags, headers, state) ",
         );
         q.push_values(chunk, |mut b, job| {
             b.push_bind(id_bytes(job.id))
@@ -92,6 +92,8 @@ pub(crate) async fn insert(
                 )
                 .push_bind(job.idempotency_key.as_ref().map(|k| k.as_str()))
                 .push_bind(job.tenant.as_ref().map(|t| t.as_str()))
+                .push_bind(job.concurrency_key.as_ref().map(|k| k.as_str()))
+                .push_bind(job.rate_key.as_ref().map(|k| k.as_str()))
                 .push_bind(encode_tags(&job.tags))
                 .push_bind(encode_headers(&job.headers))
                 .push_bind(0i64);

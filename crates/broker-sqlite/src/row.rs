@@ -36,7 +36,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> BrokerError {
 
 /// The columns [`decode_job`] reads, for SELECT and RETURNING lists.
 pub(crate) const JOB_COLUMNS: &str = "id, queue, kind, payload, priority, run_at, created_at, \
-     attempt, max_attempts, timeout_ms, idempotency_key, tenant, tags, headers";
+     attempt, max_attempts, timeout_ms, idempotency_key, tenant, concurrency_key, rate_key, tags, headers";
 
 pub(crate) fn decode_job(row: &SqliteRow) -> Result<JobEnvelope, BrokerError> {
     let get = |e: sqlx::Error| corrupt("column", e);
@@ -51,6 +51,13 @@ pub(crate) fn decode_job(row: &SqliteRow) -> Result<JobEnvelope, BrokerError> {
     let headers: Option<String> = row.try_get("headers").map_err(get)?;
     let key: Option<String> = row.try_get("idempotency_key").map_err(get)?;
     let tenant: Option<String> = row.try_get("tenant").map_err(get)?;
+    let flow_key = |col: &str| -> Result<Option<ferry_core::FlowKey>, BrokerError> {
+        row.try_get::<Option<String>, _>(col)
+            .map_err(get)?
+            .map(|k| ferry_core::FlowKey::parse(&k))
+            .transpose()
+            .map_err(|e| corrupt(col, e))
+    };
     let timeout_ms: Option<i64> = row.try_get("timeout_ms").map_err(get)?;
     Ok(JobEnvelope {
         id,
@@ -72,6 +79,8 @@ pub(crate) fn decode_job(row: &SqliteRow) -> Result<JobEnvelope, BrokerError> {
             .map(|t| ferry_core::Tenant::parse(&t))
             .transpose()
             .map_err(|e| corrupt("tenant", e))?,
+        concurrency_key: flow_key("concurrency_key")?,
+        rate_key: flow_key("rate_key")?,
         tags: tags
             .map(|t| serde_json::from_str(&t))
             .transpose()

@@ -44,9 +44,11 @@ const STEPS: &[&str] = &[
     CREATE TABLE ferry_paused (queue TEXT PRIMARY KEY NOT NULL);
     ",
     // 2: the job's tenant (idempotency keys are scoped by it: `ferry_idempotency.key` holds
-    // the tenant and the key).
+    // the tenant and the key) and flow keys.
     r"
     ALTER TABLE ferry_jobs ADD COLUMN tenant TEXT;
+    ALTER TABLE ferry_jobs ADD COLUMN concurrency_key TEXT;
+    ALTER TABLE ferry_jobs ADD COLUMN rate_key TEXT;
     ",
 ];
 

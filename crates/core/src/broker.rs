@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::limits::{KeyGate, QueueLimits};
 use crate::{JobEnvelope, JobId, QueueName, UnixMillis};
 
 /// Increases every time a job is leased. A settlement or extension carrying an older token
@@ -122,6 +123,8 @@ pub struct Capabilities {
     pub pause: bool,
     /// A push wakes an idle consumer in another process at once (not just in this one).
     pub cross_process_wakeup: bool,
+    /// Pool-wide queue and per-key limits ([`Broker::set_limits`]).
+    pub limits: bool,
 }
 
 /// Exact counts for one queue.
@@ -210,6 +213,29 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Cheap liveness check for readiness probes.
     async fn ping(&self) -> BrokerResult<()>;
+
+    /// Sets a queue's pool-wide limits (replacing all four). Brokers without shared limits
+    /// refuse with [`BrokerError::Unsupported`]; [`Capabilities::limits`] says which.
+    async fn set_limits(&self, _queue: &QueueName, _limits: &QueueLimits) -> BrokerResult<()> {
+        Err(BrokerError::Unsupported("queue limits"))
+    }
+
+    /// A queue's limits (all `None` when none are set).
+    async fn limits(&self, _queue: &QueueName) -> BrokerResult<QueueLimits> {
+        Ok(QueueLimits::default())
+    }
+
+    /// Asks the job's per-key limits (`concurrency_key`, `rate_key`) whether it may start
+    /// now. On `Go` its concurrency key is held (the holder lives as long as the lease,
+    /// renewed by `extend`) until [`Broker::leave_keys`]. Brokers without limits say `Go`.
+    async fn enter_keys(&self, _job: &JobEnvelope, _hold_for: Duration) -> BrokerResult<KeyGate> {
+        Ok(KeyGate::Go)
+    }
+
+    /// Gives back what [`Broker::enter_keys`] held for the job.
+    async fn leave_keys(&self, _job: &JobEnvelope) -> BrokerResult<()> {
+        Ok(())
+    }
 
     /// Acknowledges one lease.
     async fn ack(&self, lease: LeaseRef) -> BrokerResult<SettleOutcome> {

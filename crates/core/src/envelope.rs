@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{IdempotencyKey, JobId, JobKind, QueueName, Tag, Tenant, UnixMillis};
+use crate::{FlowKey, IdempotencyKey, JobId, JobKind, QueueName, Tag, Tenant, UnixMillis};
 
 /// A job's payload, kept as the JSON text the producer sent: brokers and stores pass it through
 /// without parsing it again, and only the handler decodes it into its own type.
@@ -36,6 +36,14 @@ pub struct JobEnvelope {
     /// Who the job belongs to; idempotency keys are unique per tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<Tenant>,
+    /// Jobs with the same key in a queue run at most the queue's `key_concurrency` at once
+    /// across the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<FlowKey>,
+    /// Jobs with the same key in a queue start at most at the queue's `key_rate` across the
+    /// pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_key: Option<FlowKey>,
     #[serde(default)]
     pub tags: Vec<Tag>,
     /// Trace context and other carrier headers (`traceparent`, ...).
@@ -66,6 +74,8 @@ impl JobEnvelope {
             timeout: None,
             idempotency_key: None,
             tenant: None,
+            concurrency_key: None,
+            rate_key: None,
             tags: Vec::new(),
             headers: BTreeMap::new(),
         }

@@ -3,6 +3,7 @@
 pub mod broker;
 mod envelope;
 mod id;
+pub mod limits;
 mod name;
 mod retry;
 mod state;
@@ -12,7 +13,7 @@ mod url;
 
 pub use envelope::{JobEnvelope, Payload};
 pub use id::{JobId, ParseJobIdError};
-pub use name::{IdempotencyKey, JobKind, NameError, QueueName, Tag, Tenant};
+pub use name::{FlowKey, IdempotencyKey, JobKind, NameError, QueueName, Tag, Tenant};
 pub use retry::RetryPolicy;
 pub use state::{IllegalTransition, JobState};
 pub use time::UnixMillis;

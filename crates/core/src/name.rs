@@ -187,6 +187,20 @@ parsed_name!(
 );
 
 parsed_name!(
+    /// A job's `concurrency_key` or `rate_key` (a customer id, a target host): jobs with the
+    /// same key in a queue share that queue's per-key limits. Printable ASCII without spaces,
+    /// at most 128 bytes.
+    FlowKey,
+    Rule {
+        what: "flow key",
+        max: 128,
+        allowed: "printable ASCII without spaces",
+        ok: key_char,
+        alnum_start: false,
+    }
+);
+
+parsed_name!(
     /// Who a job belongs to (`acme`, `7`): ASCII letters, digits, `-`, `_`, `.`; at most 64
     /// bytes. Idempotency keys are unique per tenant, and history can be searched by it.
     Tenant,

@@ -8,6 +8,9 @@
 --   6 err    (hash: id -> attempts .. "\n" .. last error, only while dead)
 --   7 fence  (string: the queue's lease counter)
 --   8 paused (string: present while the queue is paused)
+--   9 limits (hash: rate_count, rate_period_ms, rate_burst, concurrency, key_rate_count,
+--             key_rate_period_ms, key_rate_burst, key_concurrency; absent fields: no limit)
+--  10 tat    (string: the queue rate limit's theoretical arrival time, ms, GCRA)
 -- An id is the 16 raw bytes of the job's UUIDv7, so ties in `ready` break oldest first.
 -- Attempts and tokens are decimal text after the id. A token is lease_no * 65536 + attempts
 -- (attempts saturate at 65535), where lease_no counts lease calls on the queue: it grows
@@ -16,6 +19,7 @@
 -- or attempt fields to write and delete).
 local K_READY, K_SCHED, K_LEASED, K_DEAD = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_JOBS, K_ERR, K_FENCE, K_PAUSED = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_LIMITS, K_TAT = KEYS[9], KEYS[10]
 
 -- Lua's unpack has a stack limit (about 8,000 values): every variadic call goes in chunks.
 local CHUNK = 4000
@@ -106,4 +110,30 @@ end
 -- empty: a consumer only waits after finding nothing ready, so later pushes need no message.
 local function wake_if(was_empty, queue)
   if was_empty then redis.call('PUBLISH', 'ferry:wake', queue) end
+end
+
+-- Fractional milliseconds as text (GCRA times advance by period / count).
+local function fmt3(n)
+  return string.format('%.3f', n)
+end
+
+-- GCRA: of `want` starts, how many a rate of `count` per `period_ms` with `burst` allows at
+-- `now` given the stored arrival time in `key`. Returns (allowed, tat, interval, tolerance);
+-- the caller stores tat + used * interval for the starts it makes.
+local function gcra(key, count, period_ms, burst, now, want)
+  local interval = period_ms / count
+  local tolerance = interval * (burst - 1)
+  local tat = math.max(tonumber(redis.call('GET', key) or '0') or 0, now)
+  local allowed = 0
+  if now + tolerance >= tat then
+    allowed = math.floor((now + tolerance - tat) / interval) + 1
+  end
+  return math.min(allowed, want), tat, interval, tolerance
+end
+
+local function gcra_take(key, tat, interval, used, now)
+  if used > 0 then
+    local t = tat + used * interval
+    redis.call('SET', key, fmt3(t), 'PX', math.ceil(t - now) + 60000)
+  end
 end

@@ -19,6 +19,31 @@ if #due > 0 then
 end
 local until_ = now + lease_ms
 local out = {until_, 0, 0}
+-- Pool-wide queue limits, exact because every worker leases through this script: at most
+-- `concurrency` leased at once, and starts metered by a GCRA. `limited_until` says when a
+-- limit could next let a job through, so idle consumers sleep until then.
+local limited_until = 0
+local rate = nil
+if max > 0 then
+  local lim = redis.call('HMGET', K_LIMITS, 'rate_count', 'rate_period_ms', 'rate_burst', 'concurrency')
+  if lim[4] then
+    local room = math.max(tonumber(lim[4]) - redis.call('ZCARD', K_LEASED), 0)
+    if room < max then
+      max = room
+      -- A slot frees when a holder settles, which no timer announces: look again soon.
+      limited_until = now + 20
+    end
+  end
+  if lim[1] and max > 0 then
+    local allowed, tat, interval, tolerance =
+      gcra(K_TAT, tonumber(lim[1]), tonumber(lim[2]), tonumber(lim[3]), now, max)
+    rate = {tat = tat, interval = interval, tolerance = tolerance}
+    if allowed < max then
+      max = allowed
+    end
+  end
+end
+local leased_n = 0
 if redis.call('EXISTS', K_PAUSED) == 0 and max > 0 then
   -- ZRANGE + ZREMRANGEBYRANK rather than ZPOPMIN: no score strings to make per job.
   local members = redis.call('ZRANGE', K_READY, 0, max - 1)
@@ -51,6 +76,14 @@ if redis.call('EXISTS', K_PAUSED) == 0 and max > 0 then
       end
     end
     bulk('ZADD', K_LEASED, z)
+    leased_n = #z / 2
+  end
+end
+if rate then
+  gcra_take(K_TAT, rate.tat, rate.interval, leased_n, now)
+  local next_token = rate.tat + leased_n * rate.interval - rate.tolerance
+  if next_token > now and redis.call('ZCARD', K_READY) > 0 then
+    limited_until = math.max(limited_until, math.ceil(next_token))
   end
 end
 local next_due = 0
@@ -58,6 +91,10 @@ for _, k in ipairs({K_SCHED, K_LEASED}) do
   local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
   local at = tonumber(first[2])
   if at and (next_due == 0 or at < next_due) then next_due = at end
+end
+if limited_until > 0 and redis.call('ZCARD', K_READY) > 0 and
+    (next_due == 0 or limited_until < next_due) then
+  next_due = limited_until
 end
 out[2] = next_due
 return out
