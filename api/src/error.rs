@@ -22,6 +22,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// The broker or store cannot be reached; the request may be retried.
     Unavailable(String),
+    /// This deployment's broker cannot do what was asked (e.g. pool-wide limits on the
+    /// embedded broker).
+    Unsupported(String),
 }
 
 #[derive(Serialize)]
@@ -71,6 +74,12 @@ impl ApiError {
                 "urn:ferry:problem:unsupported-media-type",
                 "Unsupported media type",
                 format!("expected content-type application/json, got {got}"),
+            ),
+            Self::Unsupported(d) => (
+                StatusCode::NOT_IMPLEMENTED,
+                "urn:ferry:problem:unsupported",
+                "Not supported by this broker",
+                d.clone(),
             ),
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+mod limits;
 mod search;
 mod submit;
 
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues/{queue}/jobs", post(submit_one))
         .route("/v1/queues/{queue}/jobs/batch", post(submit_batch))
         .route("/v1/queues/{queue}", get(queue_stats))
+        .route("/v1/queues/{queue}/limits", get(get_limits).put(put_limits))
         .route("/v1/jobs", get(search_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/events", get(get_job_events))
@@ -450,6 +452,37 @@ async fn queue_stats(
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(axum::Json(serde_json::json!({ "queue": queue, "stats": stats })).into_response())
+}
+
+async fn get_limits(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+) -> Result<Response, ApiError> {
+    let queue = parse_queue(&queue)?;
+    let l = state
+        .broker
+        .limits(&queue)
+        .await
+        .map_err(limits::broker_error)?;
+    Ok(axum::Json(limits::LimitsBody::from_limits(&l)).into_response())
+}
+
+async fn put_limits(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let queue = parse_queue(&queue)?;
+    let req: limits::LimitsBody = parse_body(&headers, body, state.body_limit)?;
+    let l = req.parse()?;
+    state
+        .broker
+        .set_limits(&queue, &l)
+        .await
+        .map_err(limits::broker_error)?;
+    tracing::info!(queue = %queue, limits = ?l, "queue limits changed");
+    Ok(axum::Json(limits::LimitsBody::from_limits(&l)).into_response())
 }
 
 async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {

@@ -6,7 +6,9 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
-use ferry_core::{IdempotencyKey, JobEnvelope, JobKind, QueueName, Tag, Tenant, UnixMillis};
+use ferry_core::{
+    FlowKey, IdempotencyKey, JobEnvelope, JobKind, QueueName, Tag, Tenant, UnixMillis,
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -30,6 +32,10 @@ pub(crate) struct SubmitJob {
     /// Who the job belongs to: idempotency keys are unique per tenant, and history can be
     /// searched by it.
     tenant: Option<Tenant>,
+    /// Jobs sharing this key in the queue share its `key_concurrency` limit.
+    concurrency_key: Option<FlowKey>,
+    /// Jobs sharing this key in the queue share its `key_rate` limit.
+    rate_key: Option<FlowKey>,
 }
 
 /// `POST /v1/queues/{queue}/jobs/batch` body.
@@ -124,6 +130,8 @@ impl SubmitJob {
         job.tags = self.tags;
         job.idempotency_key = self.idempotency_key.or(header_key);
         job.tenant = self.tenant;
+        job.concurrency_key = self.concurrency_key;
+        job.rate_key = self.rate_key;
         if let Some(tp) = traceparent {
             job.headers.insert("traceparent".into(), tp.to_owned());
         }

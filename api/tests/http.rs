@@ -563,3 +563,39 @@ async fn search_filters_and_pages_with_a_next_link() {
         assert_problem(&app, get(uri), StatusCode::BAD_REQUEST, names).await;
     }
 }
+
+/// Limits need a shared broker: the embedded one says so with 501 problem+json; a bad limit
+/// is a 422 naming the field, whatever the broker.
+#[tokio::test]
+async fn limits_on_the_embedded_broker_are_refused_clearly() {
+    let app = app(1 << 20).await;
+    let put = |body: &str| {
+        Request::put("/v1/queues/orders/limits")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    assert_problem(
+        &app,
+        put(r#"{"rate":"200/s"}"#),
+        StatusCode::NOT_IMPLEMENTED,
+        "shared broker",
+    )
+    .await;
+    assert_problem(
+        &app,
+        put(r#"{"rate":"lots"}"#),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "rate",
+    )
+    .await;
+    assert_problem(
+        &app,
+        put(r#"{"speed":"200/s"}"#),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "speed",
+    )
+    .await;
+    let (status, _, body) = call(&app, get("/v1/queues/orders/limits")).await;
+    assert_eq!((status, body), (StatusCode::OK, serde_json::json!({})));
+}

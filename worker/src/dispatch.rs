@@ -9,7 +9,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use apalis_core::task::Task;
-use ferry_core::broker::{Lease, Settlement};
+use ferry_core::broker::{Broker, Lease, Settlement};
+use ferry_core::limits::KeyGate;
 use ferry_core::store::{JobEvent, JobEventKind};
 use ferry_core::{RetryPolicy, UnixMillis};
 use ferry_telemetry::Outcome;
@@ -29,6 +30,10 @@ pub(crate) struct Dispatch {
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// Cancelled when the shutdown grace period is over.
     pub(crate) abort: tokio_util::sync::CancellationToken,
+    /// For per-key limits (`concurrency_key`, `rate_key`).
+    pub(crate) broker: Arc<dyn Broker>,
+    /// The lease length: a held concurrency key lives as long as the lease.
+    pub(crate) lease_for: Duration,
 }
 
 /// How one call of a handler ended.
@@ -73,6 +78,33 @@ impl Dispatch {
             at: UnixMillis::now(),
             kind,
         };
+        let keyed = job.concurrency_key.is_some() || job.rate_key.is_some();
+        if keyed && job.attempt <= job.max_attempts {
+            let wait = match self.broker.enter_keys(&job, self.lease_for).await {
+                Ok(KeyGate::Go) => None,
+                Ok(KeyGate::Wait(d)) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, job = %job.id, "per-key limits unavailable; giving the job back");
+                    Some(Duration::from_secs(1))
+                }
+            };
+            if let Some(d) = wait {
+                // Not an attempt: back to the queue, due when the limit may let it through
+                // (with jitter, so that waiting jobs do not all come back at once).
+                let jitter = Duration::from_millis(rand::random::<u64>() % 50);
+                ferry_telemetry::key_limit_delayed(job.queue.as_str(), d + jitter);
+                self.settler
+                    .send(Msg::Unstarted {
+                        lease: lease.to_ref(),
+                        settlement: Settlement::Release {
+                            at: UnixMillis::now().plus(d + jitter),
+                        },
+                    })
+                    .await;
+                ferry_telemetry::in_flight(self.in_flight.fetch_sub(1, Ordering::AcqRel) - 1);
+                return;
+            }
+        }
         let started = Instant::now();
         let (settlement, kind, outcome, attempt) = if job.attempt > job.max_attempts {
             // The previous holder's lease expired on the last allowed attempt.
@@ -89,6 +121,7 @@ impl Dispatch {
                 job.max_attempts,
             )
         } else {
+            ferry_telemetry::job_started(job.queue.as_str(), job.run_at.until(UnixMillis::now()));
             self.settler
                 .send(Msg::Started(event(
                     job.attempt,
@@ -113,6 +146,10 @@ impl Dispatch {
                 }
             }
         };
+        if keyed && let Err(e) = self.broker.leave_keys(&job).await {
+            // The holder expires with the lease anyway.
+            tracing::warn!(error = %e, job = %job.id, "could not give back a concurrency key");
+        }
         ferry_telemetry::job_finished(job.queue.as_str(), outcome, started.elapsed());
         self.settler
             .send(Msg::Finished {
@@ -121,7 +158,7 @@ impl Dispatch {
                 event: event(attempt, kind),
             })
             .await;
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        ferry_telemetry::in_flight(self.in_flight.fetch_sub(1, Ordering::AcqRel) - 1);
     }
 
     async fn call_handler(&self, lease: &Lease) -> Ran {

@@ -127,6 +127,8 @@ impl Worker {
         };
         let dispatch = Dispatch {
             abort,
+            broker: self.broker.clone(),
+            lease_for: o.lease,
             registry: Arc::new(self.registry),
             settler,
             retry: o.retry,

@@ -22,6 +22,12 @@ pub(crate) enum Msg {
         settlement: Settlement,
         event: JobEvent,
     },
+    /// Settle with nothing to record: a job given back before it started (a per-key limit
+    /// said "not yet"), which history never saw leave the queue.
+    Unstarted {
+        lease: LeaseRef,
+        settlement: Settlement,
+    },
 }
 
 /// Hands finished attempts to the settler task. Dropping every clone lets the task flush
@@ -69,6 +75,9 @@ async fn run(
                     event,
                 } => {
                     events.push(event);
+                    settles.push(Settle { lease, settlement });
+                }
+                Msg::Unstarted { lease, settlement } => {
                     settles.push(Settle { lease, settlement });
                 }
             }

@@ -124,7 +124,8 @@ impl LeaseSource {
             {
                 Ok(leases) if !leases.is_empty() => {
                     self.held.add(&leases);
-                    self.in_flight.fetch_add(leases.len(), Ordering::AcqRel);
+                    let now = self.in_flight.fetch_add(leases.len(), Ordering::AcqRel);
+                    ferry_telemetry::in_flight(now + leases.len());
                     ferry_telemetry::leased(leases.len() as u64);
                     return leases;
                 }

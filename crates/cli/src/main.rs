@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod bench;
+mod limits;
 mod open;
 mod serve;
 mod submit;
@@ -32,6 +33,9 @@ enum Command {
     Migrate,
     /// Submit a job to a running API.
     Submit(submit::SubmitArgs),
+    /// Show or replace a queue's pool-wide limits (rate, concurrency, per-key) on a running
+    /// API; workers apply a change at once.
+    Limits(limits::LimitsArgs),
     /// Benchmarks: one JSON line per result on stdout.
     Bench(bench::BenchArgs),
 }
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
             Command::Worker => serve::run(serve::Role::Worker).await,
             Command::Migrate => serve::migrate().await,
             Command::Submit(a) => submit::run(a).await,
+            Command::Limits(a) => limits::run(a).await,
             Command::Bench(a) => bench::run(a).await,
         }
     });

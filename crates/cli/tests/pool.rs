@@ -283,3 +283,126 @@ async fn sigterm_drains_within_grace_and_a_rolling_restart_loses_nothing() {
     );
     stop(workers);
 }
+
+/// Jobs started per 10-second window from the first start, from history.
+async fn started_in_first_10s(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM ferry_job_events, \
+           (SELECT min(at) AS t0 FROM ferry_job_events WHERE kind = 'started') f \
+         WHERE kind = 'started' AND at < f.t0 + interval '10 seconds'",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// `ferry limits` sets 200 jobs/s (bursts of 20) on a queue; three workers (concurrency 50
+/// each) start at most 210/s over 10 s between them, and not much fewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_rate_limit_holds_across_three_workers() {
+    let queue = fresh_queue("rate");
+    let pool = Pool::start(&queue, &[("FERRY_WORKER_CONCURRENCY", "50")]).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["limits", &queue, "--rate", "200/s", "--burst", "20"])
+        .args(["--url", &pool.api.base])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown, json!({"rate": "200/1000ms", "burst": 20}));
+    pool.submit(&queue, 2_500, "noop", &json!({})).await;
+    let workers: Vec<Child> = (0..3).map(|_| pool.worker()).collect();
+    pool.wait_succeeded(2_500, Duration::from_secs(60)).await;
+    let in_10s = started_in_first_10s(&mut pool.db().await).await;
+    assert!(
+        in_10s <= 2_100,
+        "{in_10s} jobs started in 10 s at 200/s: more than 210/s"
+    );
+    assert!(
+        in_10s >= 1_800,
+        "only {in_10s} jobs started in 10 s: the pool idled under a 200/s limit"
+    );
+    stop(workers);
+}
+
+/// A key limit of 2 across three workers: a local target counts requests in flight per key
+/// and never sees a third, while it does see two at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_key_concurrency_limit_is_never_exceeded() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Seen {
+        now: HashMap<String, u32>,
+        max: HashMap<String, u32>,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let target = {
+        let seen = seen.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: String| {
+                let seen = seen.clone();
+                async move {
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    let key = v["key"].as_str().unwrap().to_owned();
+                    {
+                        let mut s = seen.lock().unwrap();
+                        let n = s.now.entry(key.clone()).or_default();
+                        *n += 1;
+                        let n = *n;
+                        let m = s.max.entry(key.clone()).or_default();
+                        *m = (*m).max(n);
+                    }
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    *seen.lock().unwrap().now.get_mut(&key).unwrap() -= 1;
+                    "ok"
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, target).await });
+
+    let queue = fresh_queue("keys");
+    let pool = Pool::start(&queue, &[("FERRY_WORKER_CONCURRENCY", "20")]).await;
+    let client = reqwest::Client::new();
+    let resp = client
+        .put(format!("{}/v1/queues/{queue}/limits", pool.api.base))
+        .json(&json!({"key_concurrency": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let jobs: Vec<Value> = (0..120)
+        .map(|i| {
+            let key = format!("customer-{}", i % 3);
+            json!({"kind": "http", "payload": {"url": url, "key": key}, "concurrency_key": key})
+        })
+        .collect();
+    let resp = client
+        .post(format!("{}/v1/queues/{queue}/jobs/batch", pool.api.base))
+        .json(&json!({ "jobs": jobs }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let workers: Vec<Child> = (0..3).map(|_| pool.worker()).collect();
+    pool.wait_succeeded(120, Duration::from_secs(120)).await;
+    let max = seen.lock().unwrap().max.clone();
+    assert_eq!(max.len(), 3);
+    for (key, m) in &max {
+        assert!(*m <= 2, "{key}: {m} requests in flight at once, limit 2");
+    }
+    assert!(
+        max.values().any(|m| *m == 2),
+        "the limit allowed 2 at once: {max:?}"
+    );
+    stop(workers);
+}

@@ -13,6 +13,11 @@ pub mod names {
     pub const JOB_DURATION: &str = "ferry_job_duration_seconds";
     pub const LEASES: &str = "ferry_leases_total";
     pub const STALE_SETTLEMENTS: &str = "ferry_stale_settlements_total";
+    pub const JOBS_STARTED: &str = "ferry_jobs_started_total";
+    pub const QUEUE_WAIT: &str = "ferry_job_queue_wait_seconds";
+    pub const IN_FLIGHT: &str = "ferry_jobs_in_flight";
+    pub const KEY_LIMIT_DELAYS: &str = "ferry_key_limit_delays_total";
+    pub const KEY_LIMIT_DELAY: &str = "ferry_key_limit_delay_seconds";
     pub const HTTP_REQUESTS: &str = "ferry_http_requests_total";
     pub const HTTP_DURATION: &str = "ferry_http_request_duration_seconds";
 }
@@ -89,6 +94,26 @@ pub fn leased(n: u64) {
 
 pub fn stale_settlements(n: u64) {
     metrics::counter!(names::STALE_SETTLEMENTS).increment(n);
+}
+
+/// An attempt starts after waiting `waited` since the job was due.
+pub fn job_started(queue: &str, waited: Duration) {
+    metrics::counter!(names::JOBS_STARTED, "queue" => queue.to_owned()).increment(1);
+    metrics::histogram!(names::QUEUE_WAIT, "queue" => queue.to_owned())
+        .record(waited.as_secs_f64());
+}
+
+/// Jobs this process holds (leased, running or being settled).
+pub fn in_flight(n: usize) {
+    #[allow(clippy::cast_precision_loss)]
+    metrics::gauge!(names::IN_FLIGHT).set(n as f64);
+}
+
+/// A per-key limit gave a job back to wait `delay`.
+pub fn key_limit_delayed(queue: &str, delay: Duration) {
+    metrics::counter!(names::KEY_LIMIT_DELAYS, "queue" => queue.to_owned()).increment(1);
+    metrics::histogram!(names::KEY_LIMIT_DELAY, "queue" => queue.to_owned())
+        .record(delay.as_secs_f64());
 }
 
 pub fn http_request(route: &str, method: &str, status: u16, took: Duration) {
