@@ -14,7 +14,7 @@ pub(crate) const WAKE_CHANNEL: &str = "ferry:wake";
 #[derive(Debug)]
 pub(crate) struct QueueKeys {
     pub(crate) queue: QueueName,
-    pub(crate) keys: [String; 10],
+    pub(crate) keys: [String; 12],
 }
 
 impl QueueKeys {
@@ -33,6 +33,8 @@ impl QueueKeys {
                 k("paused"),
                 k("limits"),
                 k("tat"),
+                k("lanes"),
+                k("tenant"),
             ],
         }
     }

@@ -25,7 +25,9 @@ pub(crate) struct Encoded {
     run_at: i64,
     /// The tenant and idempotency key ([`JobEnvelope::idempotency_scope`]).
     idempotency_scope: Option<String>,
-    /// Priority 0, no delay, no idempotency key: the script's fast path.
+    /// Goes to its tenant's lane when ready (fairness, `lua/common.lua`).
+    tenant: Option<String>,
+    /// Priority 0, no delay, no idempotency key, no tenant: the script's fast path.
     plain: bool,
 }
 
@@ -44,7 +46,11 @@ pub(crate) fn encode(j: &JobEnvelope) -> BrokerResult<Encoded> {
         priority: j.priority,
         run_at: j.run_at.0,
         idempotency_scope: j.idempotency_scope(),
-        plain: j.priority == 0 && j.idempotency_key.is_none() && j.run_at <= j.created_at,
+        tenant: j.tenant.as_ref().map(|t| t.as_str().to_owned()),
+        plain: j.priority == 0
+            && j.idempotency_key.is_none()
+            && j.tenant.is_none()
+            && j.run_at <= j.created_at,
     })
 }
 
@@ -67,7 +73,7 @@ pub(crate) async fn write(
         shared.register(&queue).await?;
         let keys = shared.keys(&queue);
         // Plain jobs travel as two values each and the script stores them without making a
-        // string per job; the rest carry five.
+        // string per job; the rest carry six.
         let (plain, full): (Vec<usize>, Vec<usize>) = idx.iter().partition(|&&i| jobs[i].plain);
         let mut extra = Vec::new();
         let mut key_index = Vec::with_capacity(full.len());
@@ -95,7 +101,8 @@ pub(crate) async fn write(
                         .arg(j.value.as_slice())
                         .arg(j.priority)
                         .arg(j.run_at)
-                        .arg(*ki);
+                        .arg(*ki)
+                        .arg(j.tenant.as_deref().unwrap_or(""));
                 }
             })
             .await?;

@@ -252,3 +252,54 @@ async fn extending_a_lease_renews_its_key_holder() {
         "600 ms on, the renewed holder still holds the key"
     );
 }
+
+/// Fairness: one tenant's backlog of 10,000 does not starve another tenant's 10 jobs
+/// submitted after it; jobs without a tenant take their turn too, and each tenant's own jobs
+/// keep their order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_take_turns() {
+    use ferry_core::Tenant;
+    let b = broker().await;
+    let q = fresh_queue("fair");
+    let of = |t: Option<&str>, n: usize| {
+        let mut js = jobs(&q, n);
+        for j in &mut js {
+            j.tenant = t.map(|t| Tenant::parse(t).unwrap());
+        }
+        js
+    };
+    for _ in 0..10 {
+        b.enqueue(of(Some("big"), 1_000)).await.unwrap();
+    }
+    let small = of(Some("small"), 10);
+    let small_ids: Vec<_> = small.iter().map(|j| j.id).collect();
+    b.enqueue(small).await.unwrap();
+    b.enqueue(of(None, 5)).await.unwrap();
+    assert_eq!(b.stats(&q).await.unwrap().ready, 10_015);
+
+    let first = b.lease(&only(&q), 30, LEASE, "w").await.unwrap();
+    let tenant_of = |l: &ferry_core::broker::Lease| {
+        l.job
+            .tenant
+            .as_ref()
+            .map_or("none", Tenant::as_str)
+            .to_owned()
+    };
+    let count = |t: &str| first.iter().filter(|l| tenant_of(l) == t).count();
+    assert_eq!((count("small"), count("none"), count("big")), (10, 5, 15));
+    let got_small: Vec<_> = first
+        .iter()
+        .filter(|l| tenant_of(l) == "small")
+        .map(|l| l.job.id)
+        .collect();
+    assert_eq!(got_small, small_ids, "a tenant's jobs keep their order");
+    // A retried job goes back to its own lane.
+    let big = first.iter().find(|l| tenant_of(l) == "big").unwrap();
+    b.nack(big.to_ref(), ferry_core::UnixMillis::now(), "again".into())
+        .await
+        .unwrap();
+    let rest = b.lease(&only(&q), 20_000, LEASE, "w").await.unwrap();
+    assert_eq!(rest.len(), 10_015 - 30 + 1);
+    assert!(rest.iter().all(|l| tenant_of(l) == "big"));
+    assert_eq!(b.stats(&q).await.unwrap().ready, 0);
+}

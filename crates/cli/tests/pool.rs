@@ -58,13 +58,17 @@ impl Pool {
 
     /// Submits `n` jobs of `kind` with `payload` in batches of 1,000.
     async fn submit(&self, queue: &str, n: usize, kind: &str, payload: &Value) {
+        self.submit_as(queue, n, json!({"kind": kind, "payload": payload}))
+            .await;
+    }
+
+    /// Submits `n` copies of the job `job` in batches of 1,000.
+    async fn submit_as(&self, queue: &str, n: usize, job: Value) {
         let client = reqwest::Client::new();
         let mut left = n;
         while left > 0 {
             let take = left.min(1000);
-            let jobs: Vec<Value> = (0..take)
-                .map(|_| json!({"kind": kind, "payload": payload}))
-                .collect();
+            let jobs: Vec<Value> = (0..take).map(|_| job.clone()).collect();
             let resp = client
                 .post(format!("{}/v1/queues/{queue}/jobs/batch", self.api.base))
                 .json(&json!({ "jobs": jobs }))
@@ -405,4 +409,47 @@ async fn a_per_key_concurrency_limit_is_never_exceeded() {
         "the limit allowed 2 at once: {max:?}"
     );
     stop(workers);
+}
+
+/// Fairness: a tenant's 10 jobs submitted behind another tenant's 100,000 all finish before
+/// 1% of that backlog has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_tenant_is_not_starved_by_a_big_backlog() {
+    let queue = fresh_queue("fair");
+    let pool = Pool::start(&queue, &[("FERRY_WORKER_CONCURRENCY", "50")]).await;
+    pool.submit_as(&queue, JOBS, json!({"kind": "noop", "tenant": "big"}))
+        .await;
+    pool.submit_as(&queue, 10, json!({"kind": "noop", "tenant": "small"}))
+        .await;
+    let worker = pool.worker();
+    let mut conn = pool.db().await;
+    let start = Instant::now();
+    loop {
+        let small: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM ferry_jobs WHERE tenant = 'small' AND state = 'succeeded'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if small == 10 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "small tenant: {small} of 10 done"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let big_before: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM ferry_jobs WHERE tenant = 'big' AND state = 'succeeded' \
+         AND finished_at <= (SELECT max(finished_at) FROM ferry_jobs WHERE tenant = 'small')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        big_before < (JOBS / 100) as i64,
+        "{big_before} of the big tenant's {JOBS} jobs finished before the small tenant's 10"
+    );
+    stop(vec![worker]);
 }

@@ -11,6 +11,12 @@
 --   9 limits (hash: rate_count, rate_period_ms, rate_burst, concurrency, key_rate_count,
 --             key_rate_period_ms, key_rate_burst, key_concurrency; absent fields: no limit)
 --  10 tat    (string: the queue rate limit's theoretical arrival time, ms, GCRA)
+--  11 lanes  (zset: tenant -> turn; the tenants with jobs ready, in round-robin order)
+--  12 tenant (hash: id -> tenant, for jobs that have one)
+-- Fairness: a ready job with a tenant waits in its tenant's lane (`<prefix>lane:<tenant>`,
+-- a zset like `ready`) instead of `ready`; a lease takes from `ready` (jobs without a
+-- tenant, as one more lane) and from each lane in turn, an equal share each, so one
+-- tenant's backlog cannot starve another's jobs. Lane keys share the queue's hash tag.
 -- An id is the 16 raw bytes of the job's UUIDv7, so ties in `ready` break oldest first.
 -- Attempts and tokens are decimal text after the id. A token is lease_no * 65536 + attempts
 -- (attempts saturate at 65535), where lease_no counts lease calls on the queue: it grows
@@ -20,6 +26,10 @@
 local K_READY, K_SCHED, K_LEASED, K_DEAD = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_JOBS, K_ERR, K_FENCE, K_PAUSED = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local K_LIMITS, K_TAT = KEYS[9], KEYS[10]
+local K_LANES, K_TENANTS = KEYS[11], KEYS[12]
+-- 'ferry:{q}:lanes' -> 'ferry:{q}:lane:'
+local LANE_PREFIX = string.sub(K_LANES, 1, -2) .. ':'
+
 
 -- Lua's unpack has a stack limit (about 8,000 values): every variadic call goes in chunks.
 local CHUNK = 4000
@@ -91,19 +101,102 @@ local function head(v)
   return tonumber(string.sub(v, 1, p - 1)), string.sub(v, p + 1)
 end
 
--- Makes `ids` ready again with `atts` attempts so far, at their own priority.
+local function lane_key(tenant)
+  return LANE_PREFIX .. tenant
+end
+
+-- Ready jobs: the untenanted set plus every lane.
+local function ready_count()
+  local n = redis.call('ZCARD', K_READY)
+  local lanes = redis.call('ZRANGE', K_LANES, 0, -1)
+  for i = 1, #lanes do n = n + redis.call('ZCARD', lane_key(lanes[i])) end
+  return n
+end
+
+local function any_ready()
+  return redis.call('ZCARD', K_READY) > 0 or redis.call('ZCARD', K_LANES) > 0
+end
+
+-- Adds `args` (score, member pairs) to `tenant`'s lane; a lane that was idle joins the
+-- rotation at the back.
+local function to_lane(tenant, args)
+  bulk('ZADD', lane_key(tenant), args)
+  if not redis.call('ZSCORE', K_LANES, tenant) then
+    local last = redis.call('ZRANGE', K_LANES, -1, -1, 'WITHSCORES')
+    redis.call('ZADD', K_LANES, (tonumber(last[2]) or 0) + 1, tenant)
+  end
+end
+
+-- Makes `ids` ready again with `atts` attempts so far, at their own priority, each in its
+-- tenant's lane or, without a tenant, in `ready`.
 local function to_ready(ids, atts)
   if #ids == 0 then return end
   local vals = multi('HMGET', K_JOBS, ids)
-  local args = {}
+  local tenants = {}
+  if redis.call('EXISTS', K_TENANTS) == 1 then tenants = multi('HMGET', K_TENANTS, ids) end
+  local args, lanes = {}, {}
   for i = 1, #ids do
     if vals[i] then
       local prio = head(vals[i])
-      args[#args + 1] = -prio
-      args[#args + 1] = waiting(ids[i], atts[i])
+      local into = args
+      local t = tenants[i]
+      if t then
+        lanes[t] = lanes[t] or {}
+        into = lanes[t]
+      end
+      into[#into + 1] = -prio
+      into[#into + 1] = waiting(ids[i], atts[i])
     end
   end
   bulk('ZADD', K_READY, args)
+  for t, a in pairs(lanes) do to_lane(t, a) end
+end
+
+-- Takes up to `max` ready members: all from `ready` when no tenant has jobs waiting (the
+-- common case, one call), else an equal share from `ready` and each lane in turn (up to 64
+-- lanes per call), again until `max` or nothing is left. Served lanes go to the back of
+-- the rotation; emptied ones leave it.
+local function take_ready(max)
+  if redis.call('EXISTS', K_LANES) == 0 then
+    -- ZRANGE + ZREMRANGEBYRANK rather than ZPOPMIN: no score strings to make per job.
+    local members = redis.call('ZRANGE', K_READY, 0, max - 1)
+    if #members > 0 then redis.call('ZREMRANGEBYRANK', K_READY, 0, #members - 1) end
+    return members
+  end
+  local tenants = redis.call('ZRANGE', K_LANES, 0, 63)
+  local sources = {K_READY}
+  for i = 1, #tenants do sources[#sources + 1] = lane_key(tenants[i]) end
+  local open = {}
+  for i = 1, #sources do open[i] = true end
+  local members, left, active = {}, max, #sources
+  while left > 0 and active > 0 do
+    local share = math.ceil(left / active)
+    for i = 1, #sources do
+      if open[i] and left > 0 then
+        local got = redis.call('ZRANGE', sources[i], 0, math.min(share, left) - 1)
+        if #got > 0 then
+          redis.call('ZREMRANGEBYRANK', sources[i], 0, #got - 1)
+          for k = 1, #got do members[#members + 1] = got[k] end
+          left = left - #got
+        end
+        if #got < share then
+          open[i] = false
+          active = active - 1
+        end
+      end
+    end
+  end
+  local last = redis.call('ZRANGE', K_LANES, -1, -1, 'WITHSCORES')
+  local turn = tonumber(last[2]) or 0
+  for i = 1, #tenants do
+    if redis.call('EXISTS', sources[i + 1]) == 0 then
+      redis.call('ZREM', K_LANES, tenants[i])
+    else
+      turn = turn + 1
+      redis.call('ZADD', K_LANES, turn, tenants[i])
+    end
+  end
+  return members
 end
 
 -- Tells idle consumers (in any process) that `queue` has work, but only on the edge from

@@ -1,14 +1,14 @@
 -- ARGV: queue, idempotency ttl ms, count of plain jobs, then
 --   per plain job (priority 0, due now, no idempotency key; the common case) 2 values:
 --   id, stored value (priority "\n" JSON);
---   per other job 5 values: id, stored value, priority, run_at ms, index into KEYS of its
---   idempotency key (0 for none).
+--   per other job 6 values: id, stored value, priority, run_at ms, index into KEYS of its
+--   idempotency key (0 for none), tenant ('' for none).
 -- Returns one value per other job: 1 when enqueued, or the original id when a duplicate
 -- (plain jobs cannot be duplicates).
 local queue, ttl, np = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
-local was_empty = redis.call('ZCARD', K_READY) == 0
-local out, jobs, ready, sched = {}, {}, {}, {}
+local was_empty = not any_ready()
+local out, jobs, ready, sched, lanes, tenants = {}, {}, {}, {}, {}, {}
 local plain_end = 3 + 2 * np
 if np > 0 then
   -- Plain jobs go in straight from ARGV: no per-job strings are made here.
@@ -23,8 +23,9 @@ end
 local first = redis.call('ZRANGE', K_SCHED, 0, 0, 'WITHSCORES')
 local earliest = tonumber(first[2])
 local wake_sched = false
-for b = plain_end, #ARGV - 1, 5 do
+for b = plain_end, #ARGV - 1, 6 do
   local id, prio, run_at, ki = ARGV[b + 1], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+  local tenant = ARGV[b + 6]
   local original = false
   if ki > 0 then
     original = redis.call('GET', KEYS[ki])
@@ -36,10 +37,19 @@ for b = plain_end, #ARGV - 1, 5 do
     out[#out + 1] = 1
     jobs[#jobs + 1] = id
     jobs[#jobs + 1] = ARGV[b + 2]
+    if tenant ~= '' then
+      tenants[#tenants + 1] = id
+      tenants[#tenants + 1] = tenant
+    end
     if run_at > now then
       sched[#sched + 1] = run_at
       sched[#sched + 1] = id
       if earliest == nil or run_at < earliest then wake_sched = true end
+    elseif tenant ~= '' then
+      lanes[tenant] = lanes[tenant] or {}
+      local l = lanes[tenant]
+      l[#l + 1] = -prio
+      l[#l + 1] = id
     else
       ready[#ready + 1] = -prio
       ready[#ready + 1] = id
@@ -47,8 +57,14 @@ for b = plain_end, #ARGV - 1, 5 do
   end
 end
 bulk('HSET', K_JOBS, jobs)
+bulk('HSET', K_TENANTS, tenants)
 bulk('ZADD', K_READY, ready)
+local laned = false
+for t, a in pairs(lanes) do
+  to_lane(t, a)
+  laned = true
+end
 bulk('ZADD', K_SCHED, sched)
 -- A new earliest scheduled job wakes consumers so that they learn when to look next.
-wake_if((was_empty and #ready > 0) or wake_sched, queue)
+wake_if((was_empty and (#ready > 0 or laned)) or wake_sched, queue)
 return out

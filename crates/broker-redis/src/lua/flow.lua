@@ -1,8 +1,8 @@
--- Per-key limits for one job. KEYS[11]: its concurrency key's holders (zset: id -> holder
--- expiry ms), KEYS[12]: its rate key's GCRA arrival time (either may be unused).
+-- Per-key limits for one job. After the queue's keys: its concurrency key's holders (zset:
+-- id -> holder expiry ms), then its rate key's GCRA arrival time (either may be unused).
 -- ARGV: op ('enter', 'leave'), job id, hold ms, has concurrency key ('1'/'0'), has rate key.
 -- enter returns {1, 0} to go (the concurrency key now held) or {0, wait ms}; leave {1, 0}.
-local K_HOLD, K_RTAT = KEYS[11], KEYS[12]
+local K_HOLD, K_RTAT = KEYS[#KEYS - 1], KEYS[#KEYS]
 local op, id, hold_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local has_c, has_r = ARGV[4] == '1', ARGV[5] == '1'
 if op == 'leave' then

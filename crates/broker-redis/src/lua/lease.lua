@@ -45,9 +45,7 @@ if max > 0 then
 end
 local leased_n = 0
 if redis.call('EXISTS', K_PAUSED) == 0 and max > 0 then
-  -- ZRANGE + ZREMRANGEBYRANK rather than ZPOPMIN: no score strings to make per job.
-  local members = redis.call('ZRANGE', K_READY, 0, max - 1)
-  if #members > 0 then redis.call('ZREMRANGEBYRANK', K_READY, 0, #members - 1) end
+  local members = take_ready(max)
   if #members > 0 then
     -- One lease number per call: every job leased here gets token
     -- lease_no * 65536 + attempts, which still grows with every lease of any one job.
@@ -82,7 +80,7 @@ end
 if rate then
   gcra_take(K_TAT, rate.tat, rate.interval, leased_n, now)
   local next_token = rate.tat + leased_n * rate.interval - rate.tolerance
-  if next_token > now and redis.call('ZCARD', K_READY) > 0 then
+  if next_token > now and any_ready() then
     limited_until = math.max(limited_until, math.ceil(next_token))
   end
 end
@@ -92,7 +90,7 @@ for _, k in ipairs({K_SCHED, K_LEASED}) do
   local at = tonumber(first[2])
   if at and (next_due == 0 or at < next_due) then next_due = at end
 end
-if limited_until > 0 and redis.call('ZCARD', K_READY) > 0 and
+if limited_until > 0 and any_ready() and
     (next_due == 0 or limited_until < next_due) then
   next_due = limited_until
 end

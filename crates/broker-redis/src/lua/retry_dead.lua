@@ -13,7 +13,7 @@ else
   end
 end
 if #ids == 0 then return 0 end
-local was_empty = redis.call('ZCARD', K_READY) == 0
+local was_empty = not any_ready()
 bulk('ZREM', K_DEAD, ids)
 bulk('HDEL', K_ERR, ids)
 local zeros = {}

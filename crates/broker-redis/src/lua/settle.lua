@@ -26,6 +26,11 @@ if na > 0 then
     for i = i0, i0 + na - 1, CHUNK do
       redis.call('HDEL', K_JOBS, unpack(ARGV, i, math.min(i + CHUNK - 1, i0 + na - 1)))
     end
+    if redis.call('EXISTS', K_TENANTS) == 1 then
+      for i = i0, i0 + na - 1, CHUNK do
+        redis.call('HDEL', K_TENANTS, unpack(ARGV, i, math.min(i + CHUNK - 1, i0 + na - 1)))
+      end
+    end
   else
     local held, ids = {}, {}
     for j = 1, na do
@@ -37,6 +42,7 @@ if na > 0 then
     bulk('ZREM', K_LEASED, held)
     -- An acked job is forgotten at once: its history is in the store.
     bulk('HDEL', K_JOBS, ids)
+    bulk('HDEL', K_TENANTS, ids)
   end
 end
 local base = 3 + 2 * na
@@ -74,7 +80,7 @@ for j = 1, #members do
   end
 end
 bulk('ZREM', K_LEASED, held)
-local was_empty = #again > 0 and redis.call('ZCARD', K_READY) == 0
+local was_empty = #again > 0 and not any_ready()
 to_ready(again, again_att)
 bulk('ZADD', K_SCHED, sched)
 bulk('ZADD', K_DEAD, dead)
@@ -87,6 +93,7 @@ if over > 0 then
   for i = 1, #popped, 2 do gone[#gone + 1] = popped[i] end
   bulk('HDEL', K_JOBS, gone)
   bulk('HDEL', K_ERR, gone)
+  bulk('HDEL', K_TENANTS, gone)
 end
 wake_if(was_empty, queue)
 return out
