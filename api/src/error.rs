@@ -22,6 +22,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// The broker or store cannot be reached; the request may be retried.
     Unavailable(String),
+    /// The request conflicts with the resource's state (cancelling a finished job).
+    Conflict(String),
     /// This deployment's broker cannot do what was asked (e.g. pool-wide limits on the
     /// embedded broker).
     Unsupported(String),
@@ -74,6 +76,12 @@ impl ApiError {
                 "urn:ferry:problem:unsupported-media-type",
                 "Unsupported media type",
                 format!("expected content-type application/json, got {got}"),
+            ),
+            Self::Conflict(d) => (
+                StatusCode::CONFLICT,
+                "urn:ferry:problem:conflict",
+                "Conflict",
+                d.clone(),
             ),
             Self::Unsupported(d) => (
                 StatusCode::NOT_IMPLEMENTED,

@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use ferry_core::broker::{Broker, EnqueueOutcome};
+use ferry_core::broker::{Broker, CancelOutcome, EnqueueOutcome};
 use ferry_core::store::{JobEvent, JobEventKind, JobRecord, Store};
 use ferry_core::{IdempotencyKey, JobEnvelope, JobId, JobState, Tenant, UnixMillis};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", get(search_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/events", get(get_job_events))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
@@ -439,6 +440,89 @@ async fn get_job_events(
         })
         .collect();
     Ok(axum::Json(serde_json::json!({ "id": job_id, "events": events })).into_response())
+}
+
+/// Fence for a cancel recorded by the API: above any lease's, so that it ends the job's
+/// history whatever attempts came before (the broker no longer holds the job).
+const API_CANCEL_FENCE: u64 = i64::MAX as u64;
+
+/// The envelope history knows for a job: enough to record an event about it.
+fn envelope_of(r: &JobRecord) -> JobEnvelope {
+    let mut job = JobEnvelope::new(r.queue.clone(), r.kind.clone(), r.payload.clone());
+    job.id = r.id;
+    job.priority = r.priority;
+    job.run_at = r.run_at;
+    job.created_at = r.created_at;
+    job.max_attempts = r.max_attempts;
+    job.tags.clone_from(&r.tags);
+    job.tenant.clone_from(&r.tenant);
+    job.idempotency_key.clone_from(&r.idempotency_key);
+    job
+}
+
+/// `POST /v1/jobs/{id}/cancel`: a waiting job is removed at once (`200`, `cancelled`); a
+/// running one is stopped by its worker within a second (`202`, `cancelling`; poll the job);
+/// a finished one is a `409`.
+async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no job with id {id:?}"));
+    let job_id = JobId::parse(&id).map_err(|_| not_found())?;
+    let rec = state
+        .store
+        .job(job_id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        .ok_or_else(not_found)?;
+    if rec.state.is_final() {
+        return Err(ApiError::Conflict(format!(
+            "job {job_id} already ended ({})",
+            rec.state.as_str()
+        )));
+    }
+    let outcome = state
+        .broker
+        .cancel(&rec.queue, job_id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    match outcome {
+        CancelOutcome::Cancelled => {
+            state
+                .store
+                .record(vec![JobEvent {
+                    job: Arc::new(envelope_of(&rec)),
+                    attempt: rec.attempts,
+                    fence: API_CANCEL_FENCE,
+                    at: UnixMillis::now(),
+                    kind: JobEventKind::Cancelled,
+                }])
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            Ok((
+                StatusCode::OK,
+                axum::Json(serde_json::json!({ "id": job_id, "state": "cancelled" })),
+            )
+                .into_response())
+        }
+        CancelOutcome::Running => {
+            state
+                .broker
+                .announce_cancel(job_id)
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            Ok((
+                StatusCode::ACCEPTED,
+                axum::Json(serde_json::json!({ "id": job_id, "state": "cancelling" })),
+            )
+                .into_response())
+        }
+        // History says it is not final, the broker no longer has it: its end is being
+        // recorded right now.
+        CancelOutcome::NotFound => Err(ApiError::Conflict(format!(
+            "job {job_id} is finishing; see its state"
+        ))),
+    }
 }
 
 async fn queue_stats(

@@ -16,6 +16,7 @@ use ferry_core::{RetryPolicy, UnixMillis};
 use ferry_telemetry::Outcome;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
 
 use crate::handler::{JobContext, JobError, Registry};
 use crate::settle::{Msg, Settler};
@@ -29,7 +30,9 @@ pub(crate) struct Dispatch {
     pub(crate) worker: Arc<str>,
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// Cancelled when the shutdown grace period is over.
-    pub(crate) abort: tokio_util::sync::CancellationToken,
+    pub(crate) abort: CancellationToken,
+    /// Jobs running here, for cancel requests.
+    pub(crate) running: Running,
     /// For per-key limits (`concurrency_key`, `rate_key`).
     pub(crate) broker: Arc<dyn Broker>,
     /// The lease length: a held concurrency key lives as long as the lease.
@@ -41,6 +44,44 @@ enum Ran {
     Done(Result<Option<ferry_core::Payload>, JobError>),
     /// Stopped by the end of the shutdown grace period: the job goes back undone.
     Stopped,
+    /// Stopped because someone cancelled the job (API, CLI).
+    Cancelled,
+}
+
+/// The jobs running in this process, each with the token that stops it when the job is
+/// cancelled.
+#[derive(Clone, Default)]
+pub(crate) struct Running {
+    inner: Arc<std::sync::Mutex<std::collections::HashMap<ferry_core::JobId, CancellationToken>>>,
+}
+
+impl Running {
+    fn start(&self, id: ferry_core::JobId) -> CancellationToken {
+        let t = CancellationToken::new();
+        self.lock().insert(id, t.clone());
+        t
+    }
+
+    fn end(&self, id: ferry_core::JobId) {
+        self.lock().remove(&id);
+    }
+
+    /// Stops `id` if it runs here.
+    pub(crate) fn cancel(&self, id: ferry_core::JobId) -> bool {
+        self.lock()
+            .get(&id)
+            .map(CancellationToken::cancel)
+            .is_some()
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<ferry_core::JobId, CancellationToken>>
+    {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl tower::Service<Task<Lease>> for Dispatch {
@@ -70,6 +111,14 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 impl Dispatch {
     async fn run(&self, lease: Lease) {
+        // Registered from the start, so that a cancel request that arrives while the job is
+        // still being prepared is not missed.
+        let cancelled = self.running.start(lease.job.id);
+        self.run_registered(&lease, &cancelled).await;
+        self.running.end(lease.job.id);
+    }
+
+    async fn run_registered(&self, lease: &Lease, cancelled: &CancellationToken) {
         let job = lease.job.clone();
         let event = |attempt: u32, kind: JobEventKind| JobEvent {
             job: job.clone(),
@@ -130,9 +179,9 @@ impl Dispatch {
                     },
                 )))
                 .await;
-            match self.call_handler(&lease).await {
+            match self.call_handler(lease, cancelled).await {
                 Ran::Done(result) => {
-                    let (s, k, o) = self.decide(&lease, result);
+                    let (s, k, o) = self.decide(lease, result);
                     (s, k, o, job.attempt)
                 }
                 Ran::Stopped => {
@@ -144,6 +193,12 @@ impl Dispatch {
                         job.attempt.saturating_sub(1),
                     )
                 }
+                Ran::Cancelled => (
+                    Settlement::Ack,
+                    JobEventKind::Cancelled,
+                    Outcome::Cancelled,
+                    job.attempt,
+                ),
             }
         };
         if keyed && let Err(e) = self.broker.leave_keys(&job).await {
@@ -161,7 +216,7 @@ impl Dispatch {
         ferry_telemetry::in_flight(self.in_flight.fetch_sub(1, Ordering::AcqRel) - 1);
     }
 
-    async fn call_handler(&self, lease: &Lease) -> Ran {
+    async fn call_handler(&self, lease: &Lease, cancelled: &CancellationToken) -> Ran {
         let ctx = JobContext {
             job: lease.job.clone(),
             worker: self.worker.clone(),
@@ -174,11 +229,16 @@ impl Dispatch {
         };
         let limit = lease.job.timeout.unwrap_or(self.default_timeout);
         let run = tokio::time::timeout(limit, AssertUnwindSafe(fut).catch_unwind());
-        // Dropping the handler's future is how it is stopped, on timeout as on shutdown.
+        // Dropping the handler's future is how it is stopped: on timeout, on shutdown, on
+        // cancel.
         let ran = tokio::select! {
             biased;
-            r = run => r,
+            r = run => Some(r),
+            () = cancelled.cancelled() => None,
             () = self.abort.cancelled() => return Ran::Stopped,
+        };
+        let Some(ran) = ran else {
+            return Ran::Cancelled;
         };
         Ran::Done(match ran {
             Err(_) => Err(JobError::Retry(format!(
@@ -205,6 +265,10 @@ impl Dispatch {
                 JobEventKind::Succeeded { result },
                 Outcome::Succeeded,
             ),
+            Err(JobError::Cancel(why)) => {
+                tracing::info!(job = %job.id, reason = %why, "the handler cancelled its job");
+                (Settlement::Ack, JobEventKind::Cancelled, Outcome::Cancelled)
+            }
             Err(e) => {
                 let permanent = matches!(e, JobError::Permanent(_));
                 let error = e.message().to_owned();

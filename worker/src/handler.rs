@@ -36,6 +36,8 @@ pub enum JobError {
     RetryAfter(Duration, String),
     /// Retrying cannot help (bad payload, 4xx from a target): dead-letter now.
     Permanent(String),
+    /// The job should not happen at all any more: it ends `cancelled`, not dead.
+    Cancel(String),
 }
 
 impl JobError {
@@ -50,7 +52,7 @@ impl JobError {
     #[must_use]
     pub fn message(&self) -> &str {
         match self {
-            Self::Retry(m) | Self::RetryAfter(_, m) | Self::Permanent(m) => m,
+            Self::Retry(m) | Self::RetryAfter(_, m) | Self::Permanent(m) | Self::Cancel(m) => m,
         }
     }
 }

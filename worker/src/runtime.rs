@@ -125,8 +125,33 @@ impl Worker {
                 abort.cancel();
             })
         };
+        let running = crate::dispatch::Running::default();
+        // Cancel requests from any process: stop the job if it runs here.
+        let cancel_listener = {
+            let running = running.clone();
+            let mut requests = self.broker.cancel_requests();
+            tokio::spawn(async move {
+                loop {
+                    match requests.recv().await {
+                        Ok(id) => {
+                            if running.cancel(id) {
+                                tracing::info!(job = %id, "cancel requested: stopping the job");
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(
+                                missed = n,
+                                "cancel requests arrived faster than handled"
+                            );
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            })
+        };
         let dispatch = Dispatch {
             abort,
+            running,
             broker: self.broker.clone(),
             lease_for: o.lease,
             registry: Arc::new(self.registry),
@@ -148,6 +173,7 @@ impl Worker {
             })
             .await;
         grace_timer.abort();
+        cancel_listener.abort();
         // The worker (and every settler handle in it) is gone: the settler flushes and exits.
         let _ = settler_task.await;
         stop_heartbeat.cancel();

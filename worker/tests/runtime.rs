@@ -315,3 +315,43 @@ async fn shutdown_finishes_within_grace_then_releases() {
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].job.id, again[0].job.attempt), (long, 1));
 }
+
+/// Cancelling a running job stops it within a second and ends it `cancelled` (not retried);
+/// a handler can cancel its own job too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_is_cancelled_within_a_second() {
+    let mut registry = Registry::with_builtins();
+    registry.register("give-up", |_ctx: JobContext, _: serde_json::Value| async {
+        Err::<(), _>(JobError::Cancel("the order was withdrawn".into()))
+    });
+    let r = rig(registry, fast()).await;
+    let long = submit(&r, "sleep", r#"{"ms":60000}"#, 3).await;
+    let own = submit(&r, "give-up", "{}", 3).await;
+    let t = Instant::now();
+    while r.store.job(long).await.unwrap().unwrap().state != JobState::Running {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the job did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let asked = Instant::now();
+    r.broker.announce_cancel(long).await.unwrap();
+    let rec = final_record(&r, long).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!((rec.state, rec.attempts), (JobState::Cancelled, 1));
+    let rec = final_record(&r, own).await;
+    assert_eq!((rec.state, rec.attempts), (JobState::Cancelled, 1));
+    let stats = r
+        .broker
+        .stats(&QueueName::parse("default").unwrap())
+        .await
+        .unwrap();
+    assert_eq!((stats.ready, stats.leased, stats.dead), (0, 0, 0));
+    r.stop.cancel();
+    r.task.await.unwrap().unwrap();
+}

@@ -1,10 +1,10 @@
 //! Operator-facing calls: exact stats, pause and resume, the dead-letter set.
 
-use ferry_core::broker::{BrokerError, BrokerResult, DeadJob, QueueStats};
+use ferry_core::broker::{BrokerError, BrokerResult, CancelOutcome, DeadJob, QueueStats};
 use ferry_core::{JobId, QueueName};
 
 use crate::keys::{decode_job, id_bytes};
-use crate::scripts::{DEAD_JOBS, PAUSE, RETRY_DEAD, STATS};
+use crate::scripts::{CANCEL, DEAD_JOBS, PAUSE, RETRY_DEAD, STATS};
 use crate::shared::Shared;
 use crate::value::{array, bytes, unsigned};
 
@@ -81,4 +81,32 @@ pub(crate) async fn retry_dead(
         })
         .await?;
     unsigned(&reply, "retry dead")
+}
+
+pub(crate) async fn cancel(
+    shared: &Shared,
+    queue: &QueueName,
+    id: JobId,
+) -> BrokerResult<CancelOutcome> {
+    let keys = shared.keys(queue);
+    let reply = shared
+        .run(&CANCEL, &keys, &[], |inv| {
+            inv.arg(id_bytes(id).as_slice());
+        })
+        .await?;
+    Ok(match unsigned(&reply, "cancel")? {
+        1 => CancelOutcome::Cancelled,
+        2 => CancelOutcome::Running,
+        _ => CancelOutcome::NotFound,
+    })
+}
+
+pub(crate) async fn announce_cancel(shared: &Shared, id: JobId) -> BrokerResult<()> {
+    let mut conn = shared.conn.clone();
+    redis::cmd("PUBLISH")
+        .arg(crate::keys::CANCEL_CHANNEL)
+        .arg(id_bytes(id).as_slice())
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(|e| crate::shared::unavailable(&e))
 }

@@ -10,6 +10,10 @@ pub(crate) const QUEUES: &str = "ferry:queues";
 /// The pub/sub channel on which pushes to an empty queue are announced (payload: the queue).
 pub(crate) const WAKE_CHANNEL: &str = "ferry:wake";
 
+/// The pub/sub channel on which requests to stop a running job are announced (payload: the
+/// job id's 16 bytes).
+pub(crate) const CANCEL_CHANNEL: &str = "ferry:cancel";
+
 /// One queue's keys, in the order the scripts expect them (see `lua/common.lua`).
 #[derive(Debug)]
 pub(crate) struct QueueKeys {

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use ferry_batch::Batcher;
 use ferry_core::broker::{
-    Broker, BrokerError, BrokerResult, Capabilities, DeadJob, EnqueueOutcome, Lease, LeaseRef,
-    QueueSelector, QueueStats, Settle, SettleOutcome,
+    Broker, BrokerError, BrokerResult, CancelOutcome, Capabilities, DeadJob, EnqueueOutcome, Lease,
+    LeaseRef, QueueSelector, QueueStats, Settle, SettleOutcome,
 };
 use ferry_core::limits::{KeyGate, QueueLimits};
 use ferry_core::{JobEnvelope, JobId, QueueName, UnixMillis};
@@ -261,6 +261,18 @@ impl Broker for RedisBroker {
 
     async fn retry_dead(&self, queue: &QueueName, ids: Option<&[JobId]>) -> BrokerResult<u64> {
         admin::retry_dead(&self.inner.shared, queue, ids).await
+    }
+
+    async fn cancel(&self, queue: &QueueName, id: JobId) -> BrokerResult<CancelOutcome> {
+        admin::cancel(&self.inner.shared, queue, id).await
+    }
+
+    async fn announce_cancel(&self, id: JobId) -> BrokerResult<()> {
+        admin::announce_cancel(&self.inner.shared, id).await
+    }
+
+    fn cancel_requests(&self) -> tokio::sync::broadcast::Receiver<JobId> {
+        self.inner.wakeups.cancels.subscribe()
     }
 
     async fn set_limits(&self, queue: &QueueName, limits: &QueueLimits) -> BrokerResult<()> {

@@ -27,3 +27,4 @@ pub(crate) static RETRY_DEAD: LazyLock<Script> = script!("retry_dead.lua");
 pub(crate) static PAUSE: LazyLock<Script> = script!("pause.lua");
 pub(crate) static FLOW: LazyLock<Script> = script!("flow.lua");
 pub(crate) static SET_LIMITS: LazyLock<Script> = script!("set_limits.lua");
+pub(crate) static CANCEL: LazyLock<Script> = script!("cancel.lua");

@@ -1,5 +1,6 @@
 //! Wake-ups across processes: a task holds a pub/sub subscription to the wake channel and
-//! wakes this process's idle consumers whenever any process pushes to an empty queue.
+//! wakes this process's idle consumers whenever any process pushes to an empty queue. The
+//! same subscription carries cancel requests for running jobs to this process's workers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,14 +9,25 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 
-use crate::keys::WAKE_CHANNEL;
+use crate::keys::{CANCEL_CHANNEL, WAKE_CHANNEL};
 
-#[derive(Default)]
 pub(crate) struct Wakeups {
     notify: Notify,
+    /// Cancel requests from any process, for this process's workers.
+    pub(crate) cancels: tokio::sync::broadcast::Sender<ferry_core::JobId>,
     /// False while the subscription is down: consumers then poll quickly instead of relying
     /// on messages that cannot arrive.
     subscribed: AtomicBool,
+}
+
+impl Default for Wakeups {
+    fn default() -> Self {
+        Self {
+            notify: Notify::new(),
+            cancels: tokio::sync::broadcast::channel(1024).0,
+            subscribed: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Wakeups {
@@ -43,6 +55,7 @@ pub(crate) async fn listen(client: redis::Client, wakeups: Arc<Wakeups>, connect
         let session = async {
             let mut ps = client.get_async_pubsub().await?;
             ps.subscribe(WAKE_CHANNEL).await?;
+            ps.subscribe(CANCEL_CHANNEL).await?;
             Ok::<_, redis::RedisError>(ps)
         };
         match tokio::time::timeout(connect, session).await {
@@ -52,8 +65,17 @@ pub(crate) async fn listen(client: redis::Client, wakeups: Arc<Wakeups>, connect
                 // Anything pushed while we were not subscribed is found by this wake-up.
                 wakeups.wake();
                 let mut messages = ps.on_message();
-                while messages.next().await.is_some() {
-                    wakeups.wake();
+                while let Some(msg) = messages.next().await {
+                    if msg.get_channel_name() == CANCEL_CHANNEL {
+                        let id = uuid::Uuid::from_slice(msg.get_payload_bytes())
+                            .map(ferry_core::JobId::from_uuid);
+                        if let Ok(id) = id {
+                            // Nobody listening (an API-only process) is fine.
+                            let _ = wakeups.cancels.send(id);
+                        }
+                    } else {
+                        wakeups.wake();
+                    }
                 }
                 wakeups.subscribed.store(false, Ordering::Relaxed);
                 tracing::warn!("redis wake-up subscription lost; polling until it is back");

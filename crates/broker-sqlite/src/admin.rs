@@ -1,6 +1,6 @@
 //! Operator-facing queries: exact stats, pause and resume, the dead-letter queue.
 
-use ferry_core::broker::{BrokerResult, DeadJob, QueueStats};
+use ferry_core::broker::{BrokerResult, CancelOutcome, DeadJob, QueueStats};
 use ferry_core::{JobId, QueueName, UnixMillis};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
@@ -108,4 +108,34 @@ pub(crate) async fn retry_dead(
     }
     let done = q.build().execute(pool).await.map_err(|e| unavailable(&e))?;
     Ok(done.rows_affected())
+}
+
+/// Removes a job that is waiting (state 0) or dead (2); reports a leased one as running.
+pub(crate) async fn cancel(
+    pool: &SqlitePool,
+    queue: &QueueName,
+    id: JobId,
+) -> BrokerResult<CancelOutcome> {
+    let gone = sqlx::query("DELETE FROM ferry_jobs WHERE id = ? AND queue = ? AND state IN (0, 2)")
+        .bind(id_bytes(id))
+        .bind(queue.as_str())
+        .execute(pool)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .rows_affected();
+    if gone > 0 {
+        return Ok(CancelOutcome::Cancelled);
+    }
+    let leased: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM ferry_jobs WHERE id = ? AND queue = ? AND state = 1")
+            .bind(id_bytes(id))
+            .bind(queue.as_str())
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| unavailable(&e))?;
+    Ok(if leased.is_some() {
+        CancelOutcome::Running
+    } else {
+        CancelOutcome::NotFound
+    })
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_batch::Batcher;
 use ferry_core::broker::{
-    Broker, BrokerError, BrokerResult, Capabilities, DeadJob, EnqueueOutcome, Lease, LeaseRef,
-    QueueSelector, QueueStats, Settle, SettleOutcome,
+    Broker, BrokerError, BrokerResult, CancelOutcome, Capabilities, DeadJob, EnqueueOutcome, Lease,
+    LeaseRef, QueueSelector, QueueStats, Settle, SettleOutcome,
 };
 use ferry_core::{JobEnvelope, JobId, QueueName};
 use sqlx::SqlitePool;
@@ -34,6 +34,9 @@ struct Inner {
     reader: SqlitePool,
     enqueuer: Batcher<JobEnvelope, EnqueueOutcome, Arc<str>>,
     pushed: Notify,
+    /// Cancel requests for running jobs. The embedded broker belongs to one process, so
+    /// they reach that process's workers only (`ferry dev`).
+    cancels: tokio::sync::broadcast::Sender<JobId>,
     config: SqliteBrokerConfig,
 }
 
@@ -72,6 +75,7 @@ impl SqliteBroker {
                 reader,
                 enqueuer,
                 pushed: Notify::new(),
+                cancels: tokio::sync::broadcast::channel(1024).0,
                 config,
             }),
         })
@@ -172,6 +176,19 @@ impl Broker for SqliteBroker {
         let n = admin::retry_dead(&self.inner.writer, queue, ids).await?;
         self.wake_consumers();
         Ok(n)
+    }
+
+    async fn cancel(&self, queue: &QueueName, id: JobId) -> BrokerResult<CancelOutcome> {
+        admin::cancel(&self.inner.writer, queue, id).await
+    }
+
+    async fn announce_cancel(&self, id: JobId) -> BrokerResult<()> {
+        let _ = self.inner.cancels.send(id);
+        Ok(())
+    }
+
+    fn cancel_requests(&self) -> tokio::sync::broadcast::Receiver<JobId> {
+        self.inner.cancels.subscribe()
     }
 
     async fn ping(&self) -> BrokerResult<()> {

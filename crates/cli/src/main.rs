@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod bench;
+mod cancel;
 mod limits;
 mod open;
 mod serve;
@@ -33,6 +34,8 @@ enum Command {
     Migrate,
     /// Submit a job to a running API.
     Submit(submit::SubmitArgs),
+    /// Cancel a job on a running API: a waiting job is removed, a running one stopped.
+    Cancel(cancel::CancelArgs),
     /// Show or replace a queue's pool-wide limits (rate, concurrency, per-key) on a running
     /// API; workers apply a change at once.
     Limits(limits::LimitsArgs),
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
             Command::Migrate => serve::migrate().await,
             Command::Submit(a) => submit::run(a).await,
             Command::Limits(a) => limits::run(a).await,
+            Command::Cancel(a) => cancel::run(a).await,
             Command::Bench(a) => bench::run(a).await,
         }
     });

@@ -507,3 +507,102 @@ async fn postgres_outage_loses_no_history() {
     );
     drop(dev);
 }
+
+/// `ferry cancel` and `POST /v1/jobs/{id}/cancel` on `ferry dev`: a running job stops within
+/// a second, a waiting one is removed at once, a finished one is a 409, an unknown one a 404
+/// (and the CLI says so in one line, exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_running_and_waiting_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = start(dir.path(), &[]);
+    let client = reqwest::Client::new();
+    let submit = |body: Value| {
+        let client = client.clone();
+        let url = format!("{}/v1/queues/cancel/jobs", dev.base);
+        async move {
+            let v: Value = client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let state = |id: String| {
+        let client = client.clone();
+        let url = format!("{}/v1/jobs/{id}", dev.base);
+        async move {
+            let v: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            v["state"].as_str().unwrap().to_owned()
+        }
+    };
+    let running = submit(json!({"kind": "sleep", "payload": {"ms": 60000}})).await;
+    let waiting = submit(json!({"kind": "noop", "delay_ms": 3_600_000})).await;
+    let t = Instant::now();
+    while state(running.clone()).await != "running" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the job did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cli = |id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["cancel", id, "--url", &dev.base])
+            .output()
+            .unwrap()
+    };
+    let asked = Instant::now();
+    let out = cli(&running);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["state"], "cancelling");
+    while state(running.clone()).await != "cancelled" {
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "not cancelled within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let resp = client
+        .post(format!("{}/v1/jobs/{waiting}/cancel", dev.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(state(waiting.clone()).await, "cancelled");
+    let again = client
+        .post(format!("{}/v1/jobs/{waiting}/cancel", dev.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    assert_eq!(again.headers()["content-type"], "application/problem+json");
+    let q: Value = client
+        .get(format!("{}/v1/queues/cancel", dev.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        q["stats"]["scheduled"], 0,
+        "the waiting job is gone from the broker"
+    );
+
+    let out = cli("01a20b41-0000-7000-8000-000000000000");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("404"), "{err}");
+}

@@ -22,7 +22,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $make;
             round_trip, large_batch_enqueue_and_lease, leased_jobs_are_invisible_until_expiry,
             stale_tokens_are_refused, heartbeat_keeps_a_lease, nack_delays_redelivery,
-            release_keeps_the_attempt,
+            release_keeps_the_attempt, cancel_removes_waiting_jobs,
             dead_letter_and_retry, delayed_jobs_wait, priorities_are_honoured,
             idempotency_keys_deduplicate, pause_and_resume, stats_are_exact,
             concurrent_consumers_never_share_a_job, idle_pickup_is_prompt,
@@ -356,6 +356,67 @@ pub async fn release_keeps_the_attempt(b: DynBroker) {
         assert!(UnixMillis::now() >= at);
         assert_eq!(third.job.attempt, 1);
     }
+}
+
+/// Cancel removes a waiting job (ready, scheduled or dead) for good, reports a leased one as
+/// running, and an announced cancel reaches this process's listeners.
+pub async fn cancel_removes_waiting_jobs(b: DynBroker) {
+    use ferry_core::broker::CancelOutcome;
+    let q = fresh_queue("cancel");
+    let ready = job(&q, 1);
+    let mut later = job(&q, 2);
+    later.run_at = UnixMillis::now().plus(Duration::from_secs(3600));
+    let leased = job(&q, 3);
+    b.enqueue(vec![leased.clone()]).await.unwrap();
+    let l = b
+        .lease(&only(&q), 1, LEASE, "w")
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    b.enqueue(vec![ready.clone(), later.clone()]).await.unwrap();
+    assert_eq!(
+        b.cancel(&q, ready.id).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        b.cancel(&q, later.id).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        b.cancel(&q, l.job.id).await.unwrap(),
+        CancelOutcome::Running
+    );
+    assert_eq!(
+        b.cancel(&q, ready.id).await.unwrap(),
+        CancelOutcome::NotFound
+    );
+    let s = b.stats(&q).await.unwrap();
+    assert_eq!((s.ready, s.scheduled, s.leased), (0, 0, 1));
+    assert!(b.lease(&only(&q), 10, LEASE, "w").await.unwrap().is_empty());
+    b.dead_letter(l.to_ref(), "gave up".into()).await.unwrap();
+    assert_eq!(
+        b.cancel(&q, l.job.id).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(b.stats(&q).await.unwrap().dead, 0);
+
+    let mut requests = b.cancel_requests();
+    let id = ferry_core::JobId::new();
+    // A subscription across processes may still be starting: announce until heard.
+    let heard = eventually(Duration::from_secs(5), "announced cancel", || {
+        let b = b.clone();
+        let got = requests.try_recv().ok();
+        async move {
+            if got.is_none() {
+                b.announce_cancel(id).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            got
+        }
+    })
+    .await;
+    assert_eq!(heard, id);
 }
 
 pub async fn dead_letter_and_retry(b: DynBroker) {

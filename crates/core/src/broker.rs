@@ -84,6 +84,17 @@ pub enum SettleOutcome {
 }
 
 /// What a submission became.
+/// What [`Broker::cancel`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CancelOutcome {
+    /// The job was waiting (ready, scheduled or dead) and is gone: it will not run.
+    Cancelled,
+    /// A worker holds it; [`Broker::announce_cancel`] asks that worker to stop it.
+    Running,
+    /// The broker does not hold it (finished, or never enqueued here).
+    NotFound,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct EnqueueOutcome {
     /// The job's id: the new one, or the original's when `duplicate`.
@@ -213,6 +224,15 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Cheap liveness check for readiness probes.
     async fn ping(&self) -> BrokerResult<()>;
+
+    /// Cancels a job that is not running: removes it from the queue (or the dead letters).
+    async fn cancel(&self, queue: &QueueName, id: JobId) -> BrokerResult<CancelOutcome>;
+
+    /// Asks whichever worker runs `id` to stop it (it then settles the job as cancelled).
+    async fn announce_cancel(&self, id: JobId) -> BrokerResult<()>;
+
+    /// Cancel requests announced by any process, for a worker to stop the jobs it runs.
+    fn cancel_requests(&self) -> tokio::sync::broadcast::Receiver<JobId>;
 
     /// Sets a queue's pool-wide limits (replacing all four). Brokers without shared limits
     /// refuse with [`BrokerError::Unsupported`]; [`Capabilities::limits`] says which.

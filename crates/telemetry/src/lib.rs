@@ -30,6 +30,8 @@ pub enum Outcome {
     Dead,
     /// Given back undone at shutdown (not an attempt).
     Released,
+    /// Stopped on request (API, CLI) or by its handler; it will not run again.
+    Cancelled,
 }
 
 impl Outcome {
@@ -40,6 +42,7 @@ impl Outcome {
             Self::Retried => "retried",
             Self::Dead => "dead",
             Self::Released => "released",
+            Self::Cancelled => "cancelled",
         }
     }
 }
