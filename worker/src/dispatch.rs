@@ -150,7 +150,7 @@ impl Dispatch {
                         },
                     })
                     .await;
-                ferry_telemetry::in_flight(self.in_flight.fetch_sub(1, Ordering::AcqRel) - 1);
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 return;
             }
         }
@@ -213,7 +213,7 @@ impl Dispatch {
                 event: event(attempt, kind),
             })
             .await;
-        ferry_telemetry::in_flight(self.in_flight.fetch_sub(1, Ordering::AcqRel) - 1);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     async fn call_handler(&self, lease: &Lease, cancelled: &CancellationToken) -> Ran {

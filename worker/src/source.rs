@@ -124,12 +124,14 @@ impl LeaseSource {
             {
                 Ok(leases) if !leases.is_empty() => {
                     self.held.add(&leases);
+                    // The gauge is set here, once per lease call, not once per job.
                     let now = self.in_flight.fetch_add(leases.len(), Ordering::AcqRel);
                     ferry_telemetry::in_flight(now + leases.len());
                     ferry_telemetry::leased(leases.len() as u64);
                     return leases;
                 }
                 Ok(_) => {
+                    ferry_telemetry::in_flight(self.in_flight.load(Ordering::Acquire));
                     backoff = Duration::from_millis(50);
                     // Idle: wait for a push (or the broker's poll interval), not a heartbeat.
                     tokio::select! {
