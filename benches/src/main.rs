@@ -142,6 +142,20 @@ fn main() -> anyhow::Result<()> {
             ],
             vec!["p50_ms", "p99_ms"],
         ),
+        (
+            // Worker memory with 1,000 jobs in flight at once (each sleeps), history off.
+            "inflight",
+            vec![
+                "inflight".into(),
+                "--concurrency".into(),
+                "1000".into(),
+                "--rate".into(),
+                if o.smoke { "300" } else { "2000" }.into(),
+                "--store".into(),
+                "none".into(),
+            ],
+            vec!["peak_rss_mib"],
+        ),
     ];
     if let Some(b) = &o.broker {
         for (_, args, _) in &mut benches {

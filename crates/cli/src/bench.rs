@@ -27,6 +27,9 @@ enum Which {
     /// Record history straight into the store: three events (enqueued, started, succeeded)
     /// per job, batches of `--batch` from `--concurrency` writers.
     Record,
+    /// Run `--concurrency` jobs that each sleep `--rate` ms, all in flight at once, and report
+    /// the process's peak resident memory (worker overhead per job in flight).
+    Inflight,
     /// Fill the store with `--jobs` jobs, then time `GET /v1/jobs` searches over HTTP (one
     /// JSON line per filter: p50, p99 over `--rate` queries each).
     Query,
@@ -227,6 +230,7 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
             serde_json::json!({"bench":"drain","broker":broker.name(),"store":store.name(),"jobs":a.jobs,"concurrency":a.concurrency,"seconds":secs,"jobs_per_s":a.jobs as f64 / secs})
         }
         Which::Latency => latency(&a, broker.clone(), store, &queue).await?,
+        Which::Inflight => inflight(&a, broker.clone(), store, &queue).await?,
         Which::Record => record(&a, store, &queue).await?,
         Which::Query => {
             for line in query(&a, broker.clone(), store).await? {
@@ -451,6 +455,66 @@ async fn query(
     }
     server.abort();
     Ok(lines)
+}
+
+/// This process's resident and peak resident memory in KiB (Linux `/proc/self/status`).
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+async fn inflight(
+    a: &BenchArgs,
+    broker: Arc<dyn Broker>,
+    store: Arc<dyn ferry_core::store::Store>,
+    queue: &QueueName,
+) -> anyhow::Result<serde_json::Value> {
+    let n = a.concurrency;
+    let payload = RawValue::from_string(format!("{{\"ms\":{}}}", a.rate))?;
+    let jobs: Vec<JobEnvelope> = (0..n)
+        .map(|_| {
+            JobEnvelope::new(
+                queue.clone(),
+                JobKind::parse("sleep").expect("kind"),
+                Arc::from(payload.clone()),
+            )
+        })
+        .collect();
+    let (before, _) = rss_kib();
+    broker.enqueue(jobs).await?;
+    let stop = CancellationToken::new();
+    let opts = WorkerOptions {
+        concurrency: n,
+        queues: QueueSelector::Only(vec![queue.clone()]),
+        ..WorkerOptions::default()
+    };
+    let worker = tokio::spawn(
+        Worker::new(broker.clone(), store, Registry::with_builtins(), opts).run(stop.clone()),
+    );
+    let mut most_leased = 0;
+    let mut peak_rss = 0;
+    loop {
+        let s = broker.stats(queue).await?;
+        most_leased = most_leased.max(s.leased);
+        peak_rss = peak_rss.max(rss_kib().0);
+        if s.ready + s.leased + s.scheduled == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    worker.await??;
+    let (_, hwm) = rss_kib();
+    Ok(
+        serde_json::json!({"bench":"inflight","broker":broker.name(),"jobs":n,"sleep_ms":a.rate,"most_in_flight":most_leased,"rss_before_mib":before as f64 / 1024.0,"peak_rss_mib":peak_rss as f64 / 1024.0,"hwm_mib":hwm as f64 / 1024.0}),
+    )
 }
 
 fn micros_now() -> u64 {
