@@ -21,6 +21,30 @@ fn fresh_queue(prefix: &str) -> String {
     format!("{prefix}-{}", &id[id.len() - 12..])
 }
 
+/// A `ferry worker` process, killed when dropped, so that a failing test leaves none behind
+/// polling the shared Redis.
+struct Worker(Child);
+
+impl std::ops::Deref for Worker {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Pool {
     env: Vec<(&'static str, String)>,
     dir: tempfile::TempDir,
@@ -42,7 +66,7 @@ impl Pool {
         Self { env, dir, api, db }
     }
 
-    fn worker(&self) -> Child {
+    fn worker(&self) -> Worker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -53,6 +77,7 @@ impl Pool {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
+            .map(Worker)
             .expect("spawn ferry worker")
     }
 
@@ -117,14 +142,11 @@ impl Pool {
     }
 }
 
-fn stop(mut children: Vec<Child>) {
-    for c in &mut children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+fn stop(workers: Vec<Worker>) {
+    drop(workers);
 }
 
-fn sigterm(child: &Child) {
+fn sigterm(child: &Worker) {
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -134,7 +156,7 @@ fn sigterm(child: &Child) {
 }
 
 /// Waits for a child to exit, at most `within`; returns its exit code and when it exited.
-fn wait_exit(child: &mut Child, within: Duration) -> (Option<i32>, Duration) {
+fn wait_exit(child: &mut Worker, within: Duration) -> (Option<i32>, Duration) {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -155,7 +177,7 @@ async fn three_workers_run_every_job_exactly_once() {
     let queue = fresh_queue("pool");
     let pool = Pool::start(&queue, &[("FERRY_WORKER_CONCURRENCY", "200")]).await;
     pool.submit(&queue, JOBS, "noop", &json!({})).await;
-    let workers: Vec<Child> = (0..3).map(|_| pool.worker()).collect();
+    let workers: Vec<Worker> = (0..3).map(|_| pool.worker()).collect();
     pool.wait_succeeded(JOBS as i64, Duration::from_secs(300))
         .await;
     assert_eq!(
@@ -173,7 +195,7 @@ async fn a_sigkilled_worker_loses_nothing_and_only_its_in_flight_jobs_run_twice(
     let pool = Pool::start(&queue, &[("FERRY_WORKER_CONCURRENCY", "200")]).await;
     // Jobs of a few ms each, so that every worker always has jobs in flight.
     pool.submit(&queue, JOBS, "sleep", &json!({"ms": 2})).await;
-    let mut workers: Vec<Child> = (0..3).map(|_| pool.worker()).collect();
+    let mut workers: Vec<Worker> = (0..3).map(|_| pool.worker()).collect();
     let mut conn = pool.db().await;
     let start = Instant::now();
     loop {
@@ -227,7 +249,7 @@ async fn sigterm_drains_within_grace_and_a_rolling_restart_loses_nothing() {
     pool.submit(&queue, 400, "sleep", &json!({"ms": 50})).await;
     // Longer than the grace period: these are in flight at each SIGTERM and get released.
     pool.submit(&queue, 10, "sleep", &json!({"ms": 4000})).await;
-    let mut workers: Vec<Child> = (0..2).map(|_| pool.worker()).collect();
+    let mut workers: Vec<Worker> = (0..2).map(|_| pool.worker()).collect();
     let mut conn = pool.db().await;
     for round in 0..2 {
         // Wait until some worker runs a long job, then replace that worker (worker ids are
@@ -319,7 +341,7 @@ async fn a_queue_rate_limit_holds_across_three_workers() {
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown, json!({"rate": "200/1000ms", "burst": 20}));
     pool.submit(&queue, 2_500, "noop", &json!({})).await;
-    let workers: Vec<Child> = (0..3).map(|_| pool.worker()).collect();
+    let workers: Vec<Worker> = (0..3).map(|_| pool.worker()).collect();
     pool.wait_succeeded(2_500, Duration::from_secs(60)).await;
     let in_10s = started_in_first_10s(&mut pool.db().await).await;
     assert!(
@@ -397,7 +419,7 @@ async fn a_per_key_concurrency_limit_is_never_exceeded() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    let workers: Vec<Child> = (0..3).map(|_| pool.worker()).collect();
+    let workers: Vec<Worker> = (0..3).map(|_| pool.worker()).collect();
     pool.wait_succeeded(120, Duration::from_secs(120)).await;
     let max = seen.lock().unwrap().max.clone();
     assert_eq!(max.len(), 3);
