@@ -27,6 +27,10 @@ enum Which {
     /// Record history straight into the store: three events (enqueued, started, succeeded)
     /// per job, batches of `--batch` from `--concurrency` writers.
     Record,
+    /// Fill a queue with `--jobs` no-op jobs, then drain it with `--workers` separate
+    /// `ferry worker` processes (concurrency `--concurrency` each, history in a SQLite file
+    /// per process): how a pool scales.
+    Pool,
     /// Run `--concurrency` jobs that each sleep `--rate` ms, all in flight at once, and report
     /// the process's peak resident memory (worker overhead per job in flight).
     Inflight,
@@ -57,6 +61,9 @@ pub(crate) struct BenchArgs {
     /// measure dispatch alone).
     #[arg(long, value_enum, default_value_t = BenchStore::Sqlite)]
     store: BenchStore,
+    /// Worker processes for `pool`.
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
     /// A store URL (`postgres://...`, `sqlite://...`) to record history in instead of
     /// `--store`'s choice.
     #[arg(long)]
@@ -231,6 +238,7 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         }
         Which::Latency => latency(&a, broker.clone(), store, &queue).await?,
         Which::Inflight => inflight(&a, broker.clone(), store, &queue).await?,
+        Which::Pool => pool(&a, &broker, &broker_url, &queue, &tmp).await?,
         Which::Record => record(&a, store, &queue).await?,
         Which::Query => {
             for line in query(&a, broker.clone(), store).await? {
@@ -455,6 +463,55 @@ async fn query(
     }
     server.abort();
     Ok(lines)
+}
+
+async fn pool(
+    a: &BenchArgs,
+    broker: &Arc<dyn Broker>,
+    url: &BrokerUrl,
+    queue: &QueueName,
+    tmp: &std::path::Path,
+) -> anyhow::Result<serde_json::Value> {
+    let BrokerUrl::Redis(redis_url) = url else {
+        return Err(UsageError("`bench pool` needs --broker redis://...: worker processes share the broker".into()).into());
+    };
+    enqueue_backlog(broker, queue, a.jobs, a.batch, 2, &Progress::new("fill", a.jobs)).await?;
+    let exe = std::env::current_exe()?;
+    let start = Instant::now();
+    let mut children = Vec::new();
+    for w in 0..a.workers {
+        let dir = tmp.join(format!("worker-{w}"));
+        children.push(
+            std::process::Command::new(&exe)
+                .arg("worker")
+                .env("FERRY_BROKER_URL", redis_url)
+                .env("FERRY_QUEUES", queue.as_str())
+                .env("FERRY_WORKER_CONCURRENCY", a.concurrency.to_string())
+                .env("FERRY_DATA_DIR", &dir)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .spawn()?,
+        );
+    }
+    let p = Progress::new("drain", a.jobs);
+    loop {
+        let s = broker.stats(queue).await?;
+        let left = s.ready + s.leased + s.scheduled;
+        p.show(a.jobs - left.min(a.jobs));
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    p.finish();
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    Ok(
+        serde_json::json!({"bench":"pool","broker":broker.name(),"store":"sqlite per worker","workers":a.workers,"jobs":a.jobs,"concurrency":a.concurrency,"seconds":secs,"jobs_per_s":a.jobs as f64 / secs}),
+    )
 }
 
 /// This process's resident and peak resident memory in KiB (Linux `/proc/self/status`).
