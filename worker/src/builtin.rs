@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::handler::{JobContext, JobError, Registry};
+use crate::http_target::{Http, HttpOptions, HttpTarget};
 
 #[derive(Deserialize)]
 struct Sleep {
@@ -17,15 +18,16 @@ struct Fail {
     times: u32,
 }
 
-#[derive(Deserialize)]
-struct Http {
-    url: String,
-}
-
 impl Registry {
-    /// A registry with every built-in handler.
+    /// A registry with every built-in handler, the `http` one with default options.
     #[must_use]
     pub fn with_builtins() -> Self {
+        Self::with_builtins_and(HttpOptions::default())
+    }
+
+    /// A registry with every built-in handler, the `http` one configured by `http`.
+    #[must_use]
+    pub fn with_builtins_and(http: HttpOptions) -> Self {
         let mut r = Self::new();
         r.register("noop", |_: JobContext, _: Value| async {
             Ok::<_, JobError>(())
@@ -49,51 +51,11 @@ impl Registry {
                 Ok(serde_json::json!({ "succeeded_on_attempt": ctx.attempt() }))
             }
         });
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("a client without TLS always builds");
+        let target = HttpTarget::new(http);
         r.register("http", move |ctx: JobContext, h: Http| {
-            let client = client.clone();
-            async move { post(&client, &ctx, &h.url).await }
+            let target = target.clone();
+            async move { target.call(&ctx, &h).await }
         });
         r
-    }
-}
-
-/// POSTs the job's payload to `url`: 2xx succeeds, 5xx, 429 and transport errors retry,
-/// other statuses fail permanently (the target rejected the request itself).
-async fn post(client: &reqwest::Client, ctx: &JobContext, url: &str) -> Result<Value, JobError> {
-    if !url.starts_with("http://") {
-        return Err(JobError::permanent(format!(
-            "http handler: only http:// targets are supported in this build, got {url:?}"
-        )));
-    }
-    let mut req = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("ferry-job-id", ctx.job.id.to_string())
-        .header("ferry-attempt", ctx.attempt().to_string())
-        .body(ctx.job.payload.get().to_owned());
-    if let Some(t) = ctx.job.timeout {
-        req = req.timeout(t);
-    }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| JobError::retry(format!("http handler: {url}: {e}")))?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    let body_json = serde_json::from_str::<Value>(&body).unwrap_or(Value::String(body));
-    if status.is_success() {
-        Ok(serde_json::json!({ "status": status.as_u16(), "body": body_json }))
-    } else if status.is_server_error() || status.as_u16() == 429 {
-        Err(JobError::retry(format!(
-            "http handler: {url} answered {status}"
-        )))
-    } else {
-        Err(JobError::permanent(format!(
-            "http handler: {url} answered {status}"
-        )))
     }
 }

@@ -473,9 +473,20 @@ async fn pool(
     tmp: &std::path::Path,
 ) -> anyhow::Result<serde_json::Value> {
     let BrokerUrl::Redis(redis_url) = url else {
-        return Err(UsageError("`bench pool` needs --broker redis://...: worker processes share the broker".into()).into());
+        return Err(UsageError(
+            "`bench pool` needs --broker redis://...: worker processes share the broker".into(),
+        )
+        .into());
     };
-    enqueue_backlog(broker, queue, a.jobs, a.batch, 2, &Progress::new("fill", a.jobs)).await?;
+    enqueue_backlog(
+        broker,
+        queue,
+        a.jobs,
+        a.batch,
+        2,
+        &Progress::new("fill", a.jobs),
+    )
+    .await?;
     let exe = std::env::current_exe()?;
     let start = Instant::now();
     let mut children = Vec::new();

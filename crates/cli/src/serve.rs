@@ -4,9 +4,9 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ferry_config::{ApiConfig, DataConfig, ProcessEnv, WorkerConfig};
+use ferry_config::{ApiConfig, DataConfig, HttpTargetConfig, ProcessEnv, WorkerConfig};
 use ferry_core::RetryPolicy;
-use ferry_worker::{Registry, Worker, WorkerOptions};
+use ferry_worker::{HttpOptions, Registry, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::open;
@@ -51,6 +51,7 @@ pub(crate) async fn run(role: Role) -> anyhow::Result<()> {
     let data = DataConfig::from_env(&env)?;
     let api_cfg = ApiConfig::from_env(&env)?;
     let worker_cfg = WorkerConfig::from_env(&env)?;
+    let http_cfg = HttpTargetConfig::from_env(&env)?;
     let broker = open::broker(&data.broker).await?;
     let store = open::store(&data.store, data.retention).await?;
     let shutdown = CancellationToken::new();
@@ -63,7 +64,12 @@ pub(crate) async fn run(role: Role) -> anyhow::Result<()> {
         let w = Worker::new(
             broker.clone(),
             store.clone(),
-            Registry::with_builtins(),
+            Registry::with_builtins_and(HttpOptions {
+                signing_secret: http_cfg.signing_secret.clone(),
+                timeout: http_cfg.timeout,
+                breaker_failures: http_cfg.breaker_failures,
+                breaker_cooldown: http_cfg.breaker_cooldown,
+            }),
             WorkerOptions {
                 concurrency: worker_cfg.concurrency,
                 queues: worker_cfg.queues,

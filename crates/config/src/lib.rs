@@ -297,6 +297,64 @@ impl WorkerConfig {
     }
 }
 
+/// The built-in `http` handler.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpTargetConfig {
+    /// `FERRY_HTTP_SIGNING_SECRET` (unset: requests are not signed): the key of the
+    /// `Ferry-Signature` HMAC-SHA256 header receivers verify.
+    pub signing_secret: Option<String>,
+    /// `FERRY_HTTP_TIMEOUT_MS` (default 30000): per request, for jobs that set no timeout.
+    pub timeout: Duration,
+    /// `FERRY_HTTP_BREAKER_FAILURES` (default 5): consecutive failures (5xx, timeouts,
+    /// connection errors) to one host that open its circuit.
+    pub breaker_failures: u32,
+    /// `FERRY_HTTP_BREAKER_COOLDOWN_MS` (default 30000): how long an open circuit stays open
+    /// before one probe request is let through.
+    pub breaker_cooldown: Duration,
+}
+
+impl std::fmt::Debug for HttpTargetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTargetConfig")
+            .field(
+                "signing_secret",
+                &self.signing_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("timeout", &self.timeout)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .finish()
+    }
+}
+
+impl HttpTargetConfig {
+    /// # Errors
+    /// On a malformed variable.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let breaker_failures: u32 = parsed(
+            env,
+            "FERRY_HTTP_BREAKER_FAILURES",
+            5,
+            "a positive whole number",
+        )?;
+        if breaker_failures == 0 {
+            return Err(ConfigError {
+                var: "FERRY_HTTP_BREAKER_FAILURES",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(Self {
+            signing_secret: env
+                .get("FERRY_HTTP_SIGNING_SECRET")
+                .filter(|s| !s.is_empty()),
+            timeout: millis(env, "FERRY_HTTP_TIMEOUT_MS", 30_000)?,
+            breaker_failures,
+            breaker_cooldown: millis(env, "FERRY_HTTP_BREAKER_COOLDOWN_MS", 30_000)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +414,21 @@ mod tests {
         );
         let e = env(&[("FERRY_WORKER_CONCURRENCY", "0")]);
         assert!(WorkerConfig::from_env(&e).is_err());
+        let h =
+            HttpTargetConfig::from_env(&env(&[("FERRY_HTTP_SIGNING_SECRET", "s3cret")])).unwrap();
+        assert_eq!(
+            (h.breaker_failures, h.timeout),
+            (5, Duration::from_secs(30))
+        );
+        assert!(
+            !format!("{h:?}").contains("s3cret"),
+            "the secret is never printed"
+        );
+        let bad = env(&[("FERRY_HTTP_BREAKER_FAILURES", "many")]);
+        assert_eq!(
+            HttpTargetConfig::from_env(&bad).unwrap_err().var,
+            "FERRY_HTTP_BREAKER_FAILURES"
+        );
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub mod names {
     pub const IN_FLIGHT: &str = "ferry_jobs_in_flight";
     pub const KEY_LIMIT_DELAYS: &str = "ferry_key_limit_delays_total";
     pub const KEY_LIMIT_DELAY: &str = "ferry_key_limit_delay_seconds";
+    pub const HTTP_TARGET_REQUESTS: &str = "ferry_http_target_requests_total";
+    pub const HTTP_BREAKERS_OPEN: &str = "ferry_http_target_breakers_open";
     pub const HTTP_REQUESTS: &str = "ferry_http_requests_total";
     pub const HTTP_DURATION: &str = "ferry_http_request_duration_seconds";
 }
@@ -159,6 +161,38 @@ fn with_queue(queue: &str, f: impl FnOnce(&QueueHandles)) {
 pub fn in_flight(n: usize) {
     #[allow(clippy::cast_precision_loss)]
     metrics::gauge!(names::IN_FLIGHT).set(n as f64);
+}
+
+/// How a call of the `http` handler ended, as a bounded label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpOutcome {
+    Success,
+    Retry,
+    RetryAfter,
+    Permanent,
+    BreakerOpen,
+}
+
+impl HttpOutcome {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Retry => "retry",
+            Self::RetryAfter => "retry_after",
+            Self::Permanent => "permanent",
+            Self::BreakerOpen => "breaker_open",
+        }
+    }
+}
+
+pub fn http_target_request(outcome: HttpOutcome) {
+    metrics::counter!(names::HTTP_TARGET_REQUESTS, "outcome" => outcome.as_str()).increment(1);
+}
+
+/// Target hosts whose circuit is open: +1 when one opens, -1 when one half-opens.
+pub fn http_breakers_open(delta: i32) {
+    metrics::gauge!(names::HTTP_BREAKERS_OPEN).increment(f64::from(delta));
 }
 
 /// A per-key limit gave a job back to wait `delay`.
