@@ -2,67 +2,21 @@
 //! `429` + `Retry-After`, times out a hanging target, signs requests so receivers can verify
 //! them, and stops calling a failing host while its circuit is open.
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use ferry_broker_sqlite::{SqliteBroker, SqliteBrokerConfig};
-use ferry_core::broker::Broker;
-use ferry_core::store::{JobRecord, Store};
-use ferry_core::{JobEnvelope, JobId, JobKind, JobState, QueueName, RetryPolicy};
-use ferry_store::{SqliteStore, SqliteStoreConfig};
-use ferry_worker::{HttpOptions, Registry, Worker, WorkerOptions};
+use ferry_core::store::JobRecord;
+use ferry_core::{JobEnvelope, JobId, JobKind, JobState, QueueName};
+use ferry_worker::{HttpOptions, Registry};
 use serde_json::value::RawValue;
-use tokio_util::sync::CancellationToken;
-
-struct Rig {
-    broker: Arc<dyn Broker>,
-    store: Arc<dyn Store>,
-    stop: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
+use support::Rig;
 
 async fn rig(http: HttpOptions) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let broker: Arc<dyn Broker> = Arc::new(
-        SqliteBroker::open(SqliteBrokerConfig::new(dir.path().join("b.db")))
-            .await
-            .unwrap(),
-    );
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(SqliteStoreConfig::new(dir.path().join("s.db")))
-            .await
-            .unwrap(),
-    );
-    let stop = CancellationToken::new();
-    let options = WorkerOptions {
-        concurrency: 8,
-        retry: RetryPolicy {
-            base: Duration::from_millis(10),
-            cap: Duration::from_millis(50),
-        },
-        ..WorkerOptions::default()
-    };
-    let w = Worker::new(
-        broker.clone(),
-        store.clone(),
-        Registry::with_builtins_and(http),
-        options,
-    );
-    tokio::spawn(w.run(stop.clone()));
-    Rig {
-        broker,
-        store,
-        stop,
-        _dir: dir,
-    }
+    support::rig(Registry::with_builtins_and(http), support::fast()).await
 }
 
 async fn submit(r: &Rig, url: &str, max_attempts: u32, timeout_ms: Option<u64>) -> JobId {

@@ -1,60 +1,16 @@
 //! The worker runtime end to end on the embedded broker and store (real SQLite files).
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry_broker_sqlite::{SqliteBroker, SqliteBrokerConfig};
-use ferry_core::broker::Broker;
-use ferry_core::store::{JobEvent, JobEventKind, JobRecord, Store};
-use ferry_core::{JobEnvelope, JobId, JobKind, JobState, QueueName, RetryPolicy, UnixMillis};
-use ferry_store::{SqliteStore, SqliteStoreConfig};
-use ferry_worker::{JobContext, JobError, Registry, Worker, WorkerOptions};
+use ferry_core::store::{JobEvent, JobEventKind, JobRecord};
+use ferry_core::{JobEnvelope, JobId, JobKind, JobState, QueueName, UnixMillis};
+use ferry_worker::{JobContext, JobError, Registry, WorkerOptions};
 use serde_json::value::RawValue;
-use tokio_util::sync::CancellationToken;
-
-struct Rig {
-    broker: Arc<dyn Broker>,
-    store: Arc<dyn Store>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn rig(registry: Registry, options: WorkerOptions) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let broker: Arc<dyn Broker> = Arc::new(
-        SqliteBroker::open(SqliteBrokerConfig::new(dir.path().join("b.db")))
-            .await
-            .unwrap(),
-    );
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(SqliteStoreConfig::new(dir.path().join("s.db")))
-            .await
-            .unwrap(),
-    );
-    let stop = CancellationToken::new();
-    let w = Worker::new(broker.clone(), store.clone(), registry, options);
-    let task = tokio::spawn(w.run(stop.clone()));
-    Rig {
-        broker,
-        store,
-        stop,
-        task,
-        _dir: dir,
-    }
-}
-
-fn fast() -> WorkerOptions {
-    WorkerOptions {
-        concurrency: 8,
-        retry: RetryPolicy {
-            base: Duration::from_millis(10),
-            cap: Duration::from_millis(50),
-        },
-        ..WorkerOptions::default()
-    }
-}
+use support::{Rig, fast, rig};
 
 async fn submit(r: &Rig, kind: &str, payload: &str, max_attempts: u32) -> JobId {
     let mut j = JobEnvelope::new(

@@ -221,17 +221,8 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 )
                 .run(stop.clone()),
             );
-            loop {
-                let s = broker.stats(&queue).await?;
-                let left = s.ready + s.leased + s.scheduled;
-                p.show(a.jobs - left.min(a.jobs));
-                if left == 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            wait_drained(&broker, &queue, a.jobs, &p).await?;
             let secs = start.elapsed().as_secs_f64();
-            p.finish();
             stop.cancel();
             worker.await??;
             serde_json::json!({"bench":"drain","broker":broker.name(),"store":store.name(),"jobs":a.jobs,"concurrency":a.concurrency,"seconds":secs,"jobs_per_s":a.jobs as f64 / secs})
@@ -465,6 +456,25 @@ async fn query(
     Ok(lines)
 }
 
+/// Waits until `queue` holds no job (ready, leased or scheduled), showing progress.
+async fn wait_drained(
+    broker: &Arc<dyn Broker>,
+    queue: &QueueName,
+    jobs: u64,
+    p: &Progress,
+) -> anyhow::Result<()> {
+    loop {
+        let s = broker.stats(queue).await?;
+        let left = s.ready + s.leased + s.scheduled;
+        p.show(jobs - left.min(jobs));
+        if left == 0 {
+            p.finish();
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn pool(
     a: &BenchArgs,
     broker: &Arc<dyn Broker>,
@@ -504,18 +514,8 @@ async fn pool(
                 .spawn()?,
         );
     }
-    let p = Progress::new("drain", a.jobs);
-    loop {
-        let s = broker.stats(queue).await?;
-        let left = s.ready + s.leased + s.scheduled;
-        p.show(a.jobs - left.min(a.jobs));
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_drained(broker, queue, a.jobs, &Progress::new("drain", a.jobs)).await?;
     let secs = start.elapsed().as_secs_f64();
-    p.finish();
     for mut c in children {
         let _ = c.kill();
         let _ = c.wait();

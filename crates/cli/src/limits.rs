@@ -2,7 +2,6 @@
 //! through the API (`GET`/`PUT /v1/queues/{queue}/limits`). Workers apply a change to their
 //! next lease or start; nothing restarts.
 
-use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
 
@@ -64,21 +63,7 @@ pub(crate) async fn run(a: LimitsArgs) -> anyhow::Result<()> {
     } else {
         client.get(&url)
     };
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the API at {base}"))?;
-    let status = resp.status();
-    let answer: Value = resp
-        .json()
-        .await
-        .context("the API answered with something other than JSON")?;
-    if !status.is_success() {
-        anyhow::bail!(
-            "the API refused ({status}): {}",
-            answer["detail"].as_str().unwrap_or("no detail")
-        );
-    }
+    let answer = crate::client::call(req, base, "the API refused").await?;
     println!("{answer}");
     Ok(())
 }

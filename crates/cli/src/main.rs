@@ -2,6 +2,7 @@
 
 mod bench;
 mod cancel;
+mod client;
 mod limits;
 mod open;
 mod serve;

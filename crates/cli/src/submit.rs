@@ -57,21 +57,7 @@ pub(crate) async fn run(a: SubmitArgs) -> anyhow::Result<()> {
     if let Some(k) = &a.idempotency_key {
         req = req.header("idempotency-key", k);
     }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the API at {base}"))?;
-    let status = resp.status();
-    let answer: Value = resp
-        .json()
-        .await
-        .context("the API answered with something other than JSON")?;
-    if !status.is_success() {
-        anyhow::bail!(
-            "the API refused the job ({status}): {}",
-            answer["detail"].as_str().unwrap_or("no detail")
-        );
-    }
+    let answer = crate::client::call(req, base, "the API refused the job").await?;
     if !a.wait {
         println!("{answer}");
         return Ok(());
