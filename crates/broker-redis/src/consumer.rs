@@ -140,10 +140,22 @@ pub(crate) async fn lease(
             })
             .await?;
         let mut items = array(reply, "lease")?.into_iter();
-        let (Some(until), Some(due), Some(lease_no)) = (items.next(), items.next(), items.next())
+        let (Some(until), Some(due), Some(lease_no), Some(limit)) =
+            (items.next(), items.next(), items.next(), items.next())
         else {
             return Err(BrokerError::Unavailable("redis: short lease reply".into()));
         };
+        match int(&limit, "lease limit")? {
+            0 => {}
+            held => {
+                if held & 1 == 1 {
+                    ferry_telemetry::queue_limit_held(queue.as_str(), "rate");
+                }
+                if held & 2 == 2 {
+                    ferry_telemetry::queue_limit_held(queue.as_str(), "concurrency");
+                }
+            }
+        }
         let expires_at = UnixMillis(int(&until, "lease expiry")?);
         let due = int(&due, "next due")?;
         let lease_no = unsigned(&lease_no, "lease number")?;

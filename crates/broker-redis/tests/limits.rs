@@ -112,7 +112,16 @@ async fn queue_concurrency_holds_across_consumers() {
     let first = a.lease(&only(&q), 2, LEASE, "a").await.unwrap();
     let second = b.lease(&only(&q), 10, LEASE, "b").await.unwrap();
     assert_eq!((first.len(), second.len()), (2, 1));
+    let metrics = ferry_telemetry::install();
     assert!(b.lease(&only(&q), 10, LEASE, "b").await.unwrap().is_empty());
+    let held = format!(
+        "ferry_queue_limit_held_total{{queue=\"{}\",limit=\"concurrency\"}}",
+        q.as_str()
+    );
+    assert!(
+        metrics.render().contains(&held),
+        "the held-back lease is counted: {held}"
+    );
     assert_eq!(
         a.ack(first[0].to_ref()).await.unwrap(),
         SettleOutcome::Applied

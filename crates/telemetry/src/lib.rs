@@ -18,6 +18,7 @@ pub mod names {
     pub const IN_FLIGHT: &str = "ferry_jobs_in_flight";
     pub const KEY_LIMIT_DELAYS: &str = "ferry_key_limit_delays_total";
     pub const KEY_LIMIT_DELAY: &str = "ferry_key_limit_delay_seconds";
+    pub const QUEUE_LIMIT_HELD: &str = "ferry_queue_limit_held_total";
     pub const HTTP_TARGET_REQUESTS: &str = "ferry_http_target_requests_total";
     pub const HTTP_BREAKERS_OPEN: &str = "ferry_http_target_breakers_open";
     pub const HTTP_REQUESTS: &str = "ferry_http_requests_total";
@@ -193,6 +194,13 @@ pub fn http_target_request(outcome: HttpOutcome) {
 /// Target hosts whose circuit is open: +1 when one opens, -1 when one half-opens.
 pub fn http_breakers_open(delta: i32) {
     metrics::gauge!(names::HTTP_BREAKERS_OPEN).increment(f64::from(delta));
+}
+
+/// A queue's pool-wide `limit` (`rate` or `concurrency`) leased fewer jobs than a worker
+/// asked for while jobs were ready: the limit is holding work back.
+pub fn queue_limit_held(queue: &str, limit: &'static str) {
+    metrics::counter!(names::QUEUE_LIMIT_HELD, "queue" => queue.to_owned(), "limit" => limit)
+        .increment(1);
 }
 
 /// A per-key limit gave a job back to wait `delay`.

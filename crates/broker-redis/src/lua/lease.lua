@@ -1,5 +1,7 @@
 -- ARGV: lease ms, max jobs.
--- Returns {lease_until, next_due, lease_no, value1, attempt1, value2, attempt2, ...}; each
+-- Returns {lease_until, next_due, lease_no, held, value1, attempt1, value2, attempt2, ...};
+-- `held` says which queue limit held this lease below what was asked while jobs were
+-- ready (0 none, 1 rate, 2 concurrency, 3 both); each
 -- job's token is lease_no * 65536 + min(attempt, 65535). next_due is the earliest time a
 -- scheduled job or a lease expiry may make more work due (0: none known).
 local lease_ms, max = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -18,7 +20,8 @@ if #due > 0 then
   to_ready(split(due))
 end
 local until_ = now + lease_ms
-local out = {until_, 0, 0}
+local out = {until_, 0, 0, 0}
+local held = 0
 -- Pool-wide queue limits, exact because every worker leases through this script: at most
 -- `concurrency` leased at once, and starts metered by a GCRA. `limited_until` says when a
 -- limit could next let a job through, so idle consumers sleep until then.
@@ -30,6 +33,7 @@ if max > 0 then
     local room = math.max(tonumber(lim[4]) - redis.call('ZCARD', K_LEASED), 0)
     if room < max then
       max = room
+      held = 2
       -- A slot frees when a holder settles, which no timer announces: look again soon.
       limited_until = now + 20
     end
@@ -40,6 +44,7 @@ if max > 0 then
     rate = {tat = tat, interval = interval, tolerance = tolerance}
     if allowed < max then
       max = allowed
+      held = held + 1
     end
   end
 end
@@ -90,6 +95,7 @@ for _, k in ipairs({K_SCHED, K_LEASED}) do
   local at = tonumber(first[2])
   if at and (next_due == 0 or at < next_due) then next_due = at end
 end
+if held > 0 and any_ready() then out[4] = held end
 if limited_until > 0 and any_ready() and
     (next_due == 0 or limited_until < next_due) then
   next_due = limited_until
