@@ -564,10 +564,10 @@ async fn search_filters_and_pages_with_a_next_link() {
     }
 }
 
-/// Limits need a shared broker: the embedded one says so with 501 problem+json; a bad limit
-/// is a 422 naming the field, whatever the broker.
+/// Limits are read and replaced over HTTP (the embedded broker keeps them in its file); a
+/// bad limit or an unknown field is a 422 naming it.
 #[tokio::test]
-async fn limits_on_the_embedded_broker_are_refused_clearly() {
+async fn limits_round_trip_over_http_and_bad_ones_are_refused() {
     let app = app(1 << 20).await;
     let put = |body: &str| {
         Request::put("/v1/queues/orders/limits")
@@ -575,13 +575,17 @@ async fn limits_on_the_embedded_broker_are_refused_clearly() {
             .body(Body::from(body.to_owned()))
             .unwrap()
     };
-    assert_problem(
+    let (status, _, body) = call(&app, get("/v1/queues/orders/limits")).await;
+    assert_eq!((status, body), (StatusCode::OK, serde_json::json!({})));
+    let (status, _, body) = call(
         &app,
-        put(r#"{"rate":"200/s"}"#),
-        StatusCode::NOT_IMPLEMENTED,
-        "shared broker",
+        put(r#"{"rate":"200/s","burst":20,"key_concurrency":2}"#),
     )
     .await;
+    let want = serde_json::json!({"rate":"200/1000ms","burst":20,"key_concurrency":2});
+    assert_eq!((status, &body), (StatusCode::OK, &want));
+    let (_, _, body) = call(&app, get("/v1/queues/orders/limits")).await;
+    assert_eq!(body, want);
     assert_problem(
         &app,
         put(r#"{"rate":"lots"}"#),
@@ -596,6 +600,9 @@ async fn limits_on_the_embedded_broker_are_refused_clearly() {
         "speed",
     )
     .await;
-    let (status, _, body) = call(&app, get("/v1/queues/orders/limits")).await;
-    assert_eq!((status, body), (StatusCode::OK, serde_json::json!({})));
+    let (_, _, body) = call(&app, get("/v1/queues/orders/limits")).await;
+    assert_eq!(
+        body, want,
+        "a refused change leaves the limits as they were"
+    );
 }

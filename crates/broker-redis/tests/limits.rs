@@ -1,14 +1,14 @@
-//! Pool-wide limits on the real Redis: every worker leases through the same scripts, so a
-//! queue's rate and concurrency and each key's limits hold across processes. Two broker
-//! instances stand in for two worker processes.
+//! What Redis adds to the shared limits cases (conformance suite): queue limits hold across
+//! processes (two broker instances stand in for two workers), a held-back lease is counted,
+//! and tenants take turns.
 
 use std::time::{Duration, Instant};
 
 use ferry_broker_conformance::fresh_queue;
 use ferry_broker_redis::{RedisBroker, RedisBrokerConfig};
 use ferry_core::broker::{Broker, QueueSelector, SettleOutcome};
-use ferry_core::limits::{KeyGate, QueueLimits, Rate};
-use ferry_core::{FlowKey, JobEnvelope, JobKind, QueueName};
+use ferry_core::limits::{QueueLimits, Rate};
+use ferry_core::{JobEnvelope, JobKind, QueueName};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -36,23 +36,6 @@ fn jobs(q: &QueueName, n: usize) -> Vec<JobEnvelope> {
 
 fn only(q: &QueueName) -> QueueSelector {
     QueueSelector::Only(vec![q.clone()])
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn limits_round_trip_and_clear() {
-    let b = broker().await;
-    let q = fresh_queue("lim");
-    assert_eq!(b.limits(&q).await.unwrap(), QueueLimits::default());
-    let set = QueueLimits {
-        rate: Some(Rate::parse("200/s", 5).unwrap()),
-        concurrency: Some(7),
-        key_rate: Some(Rate::parse("3/500ms", 1).unwrap()),
-        key_concurrency: Some(2),
-    };
-    b.set_limits(&q, &set).await.unwrap();
-    assert_eq!(b.limits(&q).await.unwrap(), set);
-    b.set_limits(&q, &QueueLimits::default()).await.unwrap();
-    assert_eq!(b.limits(&q).await.unwrap(), QueueLimits::default());
 }
 
 /// Two consumers share 40 starts per second (burst 1): over one second they get at most 41
@@ -127,139 +110,6 @@ async fn queue_concurrency_holds_across_consumers() {
         SettleOutcome::Applied
     );
     assert_eq!(b.lease(&only(&q), 10, LEASE, "b").await.unwrap().len(), 1);
-}
-
-fn keyed(q: &QueueName, ckey: Option<&str>, rkey: Option<&str>) -> JobEnvelope {
-    let mut j = jobs(q, 1).pop().unwrap();
-    j.concurrency_key = ckey.map(|k| FlowKey::parse(k).unwrap());
-    j.rate_key = rkey.map(|k| FlowKey::parse(k).unwrap());
-    j
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_concurrency_holds_across_processes_and_expires_with_the_holder() {
-    let (a, b) = (broker().await, broker().await);
-    let q = fresh_queue("kc");
-    a.set_limits(
-        &q,
-        &QueueLimits {
-            key_concurrency: Some(2),
-            ..QueueLimits::default()
-        },
-    )
-    .await
-    .unwrap();
-    let j: Vec<JobEnvelope> = (0..4)
-        .map(|_| keyed(&q, Some("customer-7"), None))
-        .collect();
-    let other = keyed(&q, Some("customer-8"), None);
-    let hold = Duration::from_secs(30);
-    assert_eq!(a.enter_keys(&j[0], hold).await.unwrap(), KeyGate::Go);
-    assert_eq!(b.enter_keys(&j[1], hold).await.unwrap(), KeyGate::Go);
-    assert!(matches!(
-        a.enter_keys(&j[2], hold).await.unwrap(),
-        KeyGate::Wait(_)
-    ));
-    assert_eq!(
-        b.enter_keys(&other, hold).await.unwrap(),
-        KeyGate::Go,
-        "keys are separate"
-    );
-    // Entering again with a job that holds the key does not take a second slot.
-    assert_eq!(a.enter_keys(&j[0], hold).await.unwrap(), KeyGate::Go);
-    a.leave_keys(&j[0]).await.unwrap();
-    assert_eq!(
-        a.enter_keys(&j[2], Duration::from_millis(300))
-            .await
-            .unwrap(),
-        KeyGate::Go
-    );
-    // j[2]'s holder is never renewed nor left (its worker "died"): it falls out with its lease.
-    assert!(matches!(
-        b.enter_keys(&j[3], hold).await.unwrap(),
-        KeyGate::Wait(_)
-    ));
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(b.enter_keys(&j[3], hold).await.unwrap(), KeyGate::Go);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_rate_meters_each_key() {
-    let b = broker().await;
-    let q = fresh_queue("kr");
-    b.set_limits(
-        &q,
-        &QueueLimits {
-            key_rate: Some(Rate::parse("10/s", 1).unwrap()),
-            ..QueueLimits::default()
-        },
-    )
-    .await
-    .unwrap();
-    let hold = Duration::from_secs(30);
-    assert_eq!(
-        b.enter_keys(&keyed(&q, None, Some("host-a")), hold)
-            .await
-            .unwrap(),
-        KeyGate::Go
-    );
-    match b
-        .enter_keys(&keyed(&q, None, Some("host-a")), hold)
-        .await
-        .unwrap()
-    {
-        KeyGate::Wait(d) => assert!(
-            d > Duration::from_millis(50) && d <= Duration::from_millis(100),
-            "the next start of host-a is ~100 ms away: {d:?}"
-        ),
-        KeyGate::Go => panic!("10/s with burst 1 lets two starts through at once"),
-    }
-    assert_eq!(
-        b.enter_keys(&keyed(&q, None, Some("host-b")), hold)
-            .await
-            .unwrap(),
-        KeyGate::Go
-    );
-}
-
-/// A leased job's concurrency-key holder is renewed with its lease.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extending_a_lease_renews_its_key_holder() {
-    let (a, b) = (broker().await, broker().await);
-    let q = fresh_queue("renew");
-    a.set_limits(
-        &q,
-        &QueueLimits {
-            key_concurrency: Some(1),
-            ..QueueLimits::default()
-        },
-    )
-    .await
-    .unwrap();
-    a.enqueue(vec![keyed(&q, Some("k"), None)]).await.unwrap();
-    let lease_for = Duration::from_millis(400);
-    let l = a
-        .lease(&only(&q), 1, lease_for, "a")
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
-    assert_eq!(a.enter_keys(&l.job, lease_for).await.unwrap(), KeyGate::Go);
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            a.extend(&[l.to_ref()], lease_for).await.unwrap(),
-            vec![true]
-        );
-    }
-    let rival = keyed(&q, Some("k"), None);
-    assert!(
-        matches!(
-            b.enter_keys(&rival, lease_for).await.unwrap(),
-            KeyGate::Wait(_)
-        ),
-        "600 ms on, the renewed holder still holds the key"
-    );
 }
 
 /// Fairness: one tenant's backlog of 10,000 does not starve another tenant's 10 jobs

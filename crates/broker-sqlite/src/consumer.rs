@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use ferry_core::UnixMillis;
 use ferry_core::broker::{
     BrokerResult, Lease, LeaseRef, QueueSelector, Settle, SettleOutcome, Settlement,
 };
+use ferry_core::{QueueName, UnixMillis};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use crate::row::{JOB_COLUMNS, decode_lease, id_bytes};
@@ -43,6 +43,61 @@ pub(crate) async fn lease(
     .await
     .map_err(|e| unavailable(&e))?;
 
+    // Queues with queue-level limits lease on their own, within them; the rest together.
+    let limited = crate::limits::limited(pool).await?;
+    let excluded: Vec<&QueueName> = limited.iter().map(|l| &l.queue).collect();
+    let mut leases = lease_rows(pool, queues, &excluded, max, None, now, lease_for, worker).await?;
+    for l in limited.iter().filter(|l| queues.includes(&l.queue)) {
+        let want = max.saturating_sub(leases.len());
+        if want == 0 {
+            break;
+        }
+        let (allowed, gcra) = crate::limits::rate_allowance(l, want, now);
+        if allowed == 0 {
+            continue;
+        }
+        let only = QueueSelector::Only(vec![l.queue.clone()]);
+        let got = lease_rows(
+            pool,
+            &only,
+            &[],
+            allowed,
+            l.limits.concurrency.map(|c| (&l.queue, c)),
+            now,
+            lease_for,
+            worker,
+        )
+        .await?;
+        if let Some(g) = gcra {
+            crate::limits::take_rate(pool, &l.queue, &g, got.len()).await?;
+        }
+        leases.extend(got);
+    }
+    // RETURNING order is unspecified; hand jobs out in the order they were chosen.
+    leases.sort_by(|a, b| {
+        b.job
+            .priority
+            .cmp(&a.job.priority)
+            .then(a.job.run_at.cmp(&b.job.run_at))
+            .then(a.job.id.cmp(&b.job.id))
+    });
+    Ok(leases)
+}
+
+/// One leasing statement: up to `max` due jobs of the selected queues (minus `excluded`),
+/// with `concurrency` (queue, limit) counting the queue's leased jobs inside the statement,
+/// so that two leasers can never both take the last slot.
+#[allow(clippy::too_many_arguments)]
+async fn lease_rows(
+    pool: &SqlitePool,
+    queues: &QueueSelector,
+    excluded: &[&QueueName],
+    max: usize,
+    concurrency: Option<(&QueueName, u32)>,
+    now: UnixMillis,
+    lease_for: Duration,
+    worker: &str,
+) -> BrokerResult<Vec<Lease>> {
     let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
         "UPDATE ferry_jobs SET state = 1, fence = fence + 1, attempt = attempt + 1, lease_until = ",
     );
@@ -58,12 +113,34 @@ pub(crate) async fn lease(
         }
         q.push(") AND ");
     }
+    if !excluded.is_empty() {
+        q.push("queue NOT IN (");
+        let mut sep = q.separated(", ");
+        for name in excluded {
+            sep.push_bind(name.as_str());
+        }
+        q.push(") AND ");
+    }
+    let max = i64::try_from(max.min(MAX_PER_STATEMENT)).unwrap_or(1);
     q.push("state = 0 AND run_at <= ")
         .push_bind(now.0)
         .push(" AND queue NOT IN (SELECT queue FROM ferry_paused)")
-        .push(" ORDER BY priority DESC, run_at LIMIT ")
-        .push_bind(i64::try_from(max.min(MAX_PER_STATEMENT)).unwrap_or(1))
-        .push(") RETURNING ")
+        .push(" ORDER BY priority DESC, run_at LIMIT ");
+    match concurrency {
+        Some((queue, limit)) => {
+            q.push("max(0, min(")
+                .push_bind(max)
+                .push(", ")
+                .push_bind(i64::from(limit))
+                .push(" - (SELECT count(*) FROM ferry_jobs WHERE queue = ")
+                .push_bind(queue.as_str())
+                .push(" AND state = 1)))");
+        }
+        None => {
+            q.push_bind(max);
+        }
+    }
+    q.push(") RETURNING ")
         .push(JOB_COLUMNS)
         .push(", fence, lease_until");
     let rows = q
@@ -71,19 +148,7 @@ pub(crate) async fn lease(
         .fetch_all(pool)
         .await
         .map_err(|e| unavailable(&e))?;
-    let mut leases = rows
-        .iter()
-        .map(decode_lease)
-        .collect::<BrokerResult<Vec<_>>>()?;
-    // RETURNING order is unspecified; hand jobs out in the order they were chosen.
-    leases.sort_by(|a, b| {
-        b.job
-            .priority
-            .cmp(&a.job.priority)
-            .then(a.job.run_at.cmp(&b.job.run_at))
-            .then(a.job.id.cmp(&b.job.id))
-    });
-    Ok(leases)
+    rows.iter().map(decode_lease).collect()
 }
 
 fn push_lease_refs(q: &mut QueryBuilder<Sqlite>, leases: &[LeaseRef]) {
@@ -125,6 +190,18 @@ pub(crate) async fn extend(
         q.push(" RETURNING id");
         let ok = matched_ids(pool, q).await?;
         held.extend(chunk.iter().map(|l| ok.contains(&id_bytes(l.id))));
+    }
+    // A job holding a concurrency key holds it as long as its lease.
+    for chunk in leases.chunks(MAX_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("UPDATE ferry_key_holders SET until = ");
+        q.push_bind(until).push(" WHERE job_id IN (");
+        let mut sep = q.separated(", ");
+        for l in chunk {
+            sep.push_bind(id_bytes(l.id));
+        }
+        q.push(")");
+        q.build().execute(pool).await.map_err(|e| unavailable(&e))?;
     }
     Ok(held)
 }

@@ -3,6 +3,7 @@
 mod admin;
 mod config;
 mod consumer;
+mod limits;
 mod producer;
 mod row;
 mod schema;
@@ -102,8 +103,8 @@ impl Broker for SqliteBroker {
             per_message_lease: true,
             pause: true,
             cross_process_wakeup: false,
-            // One process owns the embedded broker; pool-wide limits need a shared broker.
-            limits: false,
+            // Kept in the database file: shared by everything that leases from it.
+            limits: true,
         }
     }
 
@@ -189,6 +190,30 @@ impl Broker for SqliteBroker {
 
     fn cancel_requests(&self) -> tokio::sync::broadcast::Receiver<JobId> {
         self.inner.cancels.subscribe()
+    }
+
+    async fn set_limits(
+        &self,
+        queue: &QueueName,
+        limits: &ferry_core::limits::QueueLimits,
+    ) -> BrokerResult<()> {
+        limits::set(&self.inner.writer, queue, limits).await
+    }
+
+    async fn limits(&self, queue: &QueueName) -> BrokerResult<ferry_core::limits::QueueLimits> {
+        limits::get(&self.inner.reader, queue).await
+    }
+
+    async fn enter_keys(
+        &self,
+        job: &JobEnvelope,
+        hold_for: Duration,
+    ) -> BrokerResult<ferry_core::limits::KeyGate> {
+        limits::enter(&self.inner.writer, job, hold_for).await
+    }
+
+    async fn leave_keys(&self, job: &JobEnvelope) -> BrokerResult<()> {
+        limits::leave(&self.inner.writer, job).await
     }
 
     async fn ping(&self) -> BrokerResult<()> {

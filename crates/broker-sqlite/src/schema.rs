@@ -50,6 +50,35 @@ const STEPS: &[&str] = &[
     ALTER TABLE ferry_jobs ADD COLUMN concurrency_key TEXT;
     ALTER TABLE ferry_jobs ADD COLUMN rate_key TEXT;
     ",
+    // 3: queue limits (with the queue rate's GCRA arrival time), per-key holders and rates.
+    r"
+    CREATE TABLE ferry_limits (
+        queue              TEXT PRIMARY KEY NOT NULL,
+        rate_count         INTEGER,
+        rate_period_ms     INTEGER,
+        rate_burst         INTEGER,
+        concurrency        INTEGER,
+        key_rate_count     INTEGER,
+        key_rate_period_ms INTEGER,
+        key_rate_burst     INTEGER,
+        key_concurrency    INTEGER,
+        tat                REAL NOT NULL DEFAULT 0
+    );
+    CREATE TABLE ferry_key_holders (
+        queue  TEXT NOT NULL,
+        key    TEXT NOT NULL,
+        job_id BLOB NOT NULL,
+        until  INTEGER NOT NULL,
+        PRIMARY KEY (queue, key, job_id)
+    );
+    CREATE INDEX ferry_key_holders_job ON ferry_key_holders (job_id);
+    CREATE TABLE ferry_key_rates (
+        queue TEXT NOT NULL,
+        key   TEXT NOT NULL,
+        tat   REAL NOT NULL,
+        PRIMARY KEY (queue, key)
+    );
+    ",
 ];
 
 /// Brings the schema up to date.

@@ -22,7 +22,9 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $make;
             round_trip, large_batch_enqueue_and_lease, leased_jobs_are_invisible_until_expiry,
             stale_tokens_are_refused, heartbeat_keeps_a_lease, nack_delays_redelivery,
-            release_keeps_the_attempt, cancel_removes_waiting_jobs,
+            release_keeps_the_attempt, cancel_removes_waiting_jobs, limits_round_trip,
+            queue_concurrency_is_a_ceiling, queue_rate_meters_starts,
+            key_concurrency_holds_and_frees_with_the_lease, key_rate_meters_each_key,
             dead_letter_and_retry, delayed_jobs_wait, priorities_are_honoured,
             idempotency_keys_deduplicate, pause_and_resume, stats_are_exact,
             concurrent_consumers_never_share_a_job, idle_pickup_is_prompt,
@@ -666,4 +668,207 @@ pub async fn restarted_consumer_name_works_at_once(b: DynBroker) {
     let second = b.lease(&only(&q), 1, LEASE, "worker-1").await.unwrap();
     assert_eq!(second.len(), 1);
     assert_ne!(first[0].job.id, second[0].job.id);
+}
+
+fn limits_case(b: &DynBroker, case: &str) -> bool {
+    skip_unless(b, case, |c| c.limits, "queue and key limits")
+}
+
+fn keyed(q: &QueueName, ckey: Option<&str>, rkey: Option<&str>) -> JobEnvelope {
+    let mut j = job(q, 0);
+    j.concurrency_key = ckey.map(|k| ferry_core::FlowKey::parse(k).unwrap());
+    j.rate_key = rkey.map(|k| ferry_core::FlowKey::parse(k).unwrap());
+    j
+}
+
+pub async fn limits_round_trip(b: DynBroker) {
+    use ferry_core::limits::{QueueLimits, Rate};
+    if !limits_case(&b, "limits_round_trip") {
+        return;
+    }
+    let q = fresh_queue("lim");
+    assert_eq!(b.limits(&q).await.unwrap(), QueueLimits::default());
+    let set = QueueLimits {
+        rate: Some(Rate::parse("200/s", 5).unwrap()),
+        concurrency: Some(7),
+        key_rate: Some(Rate::parse("3/500ms", 1).unwrap()),
+        key_concurrency: Some(2),
+    };
+    b.set_limits(&q, &set).await.unwrap();
+    assert_eq!(b.limits(&q).await.unwrap(), set);
+    b.set_limits(&q, &QueueLimits::default()).await.unwrap();
+    assert_eq!(b.limits(&q).await.unwrap(), QueueLimits::default());
+}
+
+pub async fn queue_concurrency_is_a_ceiling(b: DynBroker) {
+    use ferry_core::limits::QueueLimits;
+    if !limits_case(&b, "queue_concurrency_is_a_ceiling") {
+        return;
+    }
+    let q = fresh_queue("conc");
+    let limits = QueueLimits {
+        concurrency: Some(3),
+        ..QueueLimits::default()
+    };
+    b.set_limits(&q, &limits).await.unwrap();
+    b.enqueue((0..10).map(|i| job(&q, i)).collect())
+        .await
+        .unwrap();
+    let first = b.lease(&only(&q), 2, LEASE, "a").await.unwrap();
+    let second = b.lease(&only(&q), 10, LEASE, "b").await.unwrap();
+    assert_eq!((first.len(), second.len()), (2, 1));
+    // Other queues are not held back by this one's limit.
+    let other = fresh_queue("free");
+    b.enqueue(vec![job(&other, 1)]).await.unwrap();
+    let both = QueueSelector::Only(vec![q.clone(), other.clone()]);
+    let got = b.lease(&both, 10, LEASE, "b").await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job.queue, other);
+    assert_eq!(
+        b.ack(first[0].to_ref()).await.unwrap(),
+        SettleOutcome::Applied
+    );
+    assert_eq!(b.lease(&only(&q), 10, LEASE, "b").await.unwrap().len(), 1);
+}
+
+/// 40 starts per second, burst 1: at most 41 in a second of asking, and a raised limit
+/// applies to the next lease.
+pub async fn queue_rate_meters_starts(b: DynBroker) {
+    use ferry_core::limits::{QueueLimits, Rate};
+    if !limits_case(&b, "queue_rate_meters_starts") {
+        return;
+    }
+    let q = fresh_queue("rate");
+    let at = |rate: &str, burst| QueueLimits {
+        rate: Some(Rate::parse(rate, burst).unwrap()),
+        ..QueueLimits::default()
+    };
+    b.set_limits(&q, &at("40/s", 1)).await.unwrap();
+    b.enqueue((0..200).map(|i| job(&q, i)).collect())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut got = 0;
+    while start.elapsed() < Duration::from_secs(1) {
+        got += b.lease(&only(&q), 50, LEASE, "w").await.unwrap().len();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(got <= 42, "{got} starts in one second at 40/s");
+    assert!(got >= 30, "the limit lets jobs through: {got}");
+    b.set_limits(&q, &at("1000/s", 100)).await.unwrap();
+    let more = b.lease(&only(&q), 100, LEASE, "w").await.unwrap().len();
+    assert!(more >= 90, "a raised limit applies at once: {more}");
+}
+
+pub async fn key_concurrency_holds_and_frees_with_the_lease(b: DynBroker) {
+    use ferry_core::limits::{KeyGate, QueueLimits};
+    if !limits_case(&b, "key_concurrency_holds_and_frees_with_the_lease") {
+        return;
+    }
+    let q = fresh_queue("kc");
+    let limits = QueueLimits {
+        key_concurrency: Some(2),
+        ..QueueLimits::default()
+    };
+    b.set_limits(&q, &limits).await.unwrap();
+    let j: Vec<JobEnvelope> = (0..4)
+        .map(|_| keyed(&q, Some("customer-7"), None))
+        .collect();
+    let other = keyed(&q, Some("customer-8"), None);
+    let hold = Duration::from_secs(30);
+    let wait = |g| matches!(g, KeyGate::Wait(_));
+    assert_eq!(b.enter_keys(&j[0], hold).await.unwrap(), KeyGate::Go);
+    assert_eq!(b.enter_keys(&j[1], hold).await.unwrap(), KeyGate::Go);
+    assert!(wait(b.enter_keys(&j[2], hold).await.unwrap()));
+    assert_eq!(
+        b.enter_keys(&other, hold).await.unwrap(),
+        KeyGate::Go,
+        "keys are separate"
+    );
+    assert_eq!(
+        b.enter_keys(&j[0], hold).await.unwrap(),
+        KeyGate::Go,
+        "a holder entering again takes no second slot"
+    );
+    b.leave_keys(&j[0]).await.unwrap();
+    assert_eq!(
+        b.enter_keys(&j[2], Duration::from_millis(300))
+            .await
+            .unwrap(),
+        KeyGate::Go
+    );
+    // j[2]'s holder is neither renewed nor left (its worker "died"): it falls out with its
+    // lease.
+    assert!(wait(b.enter_keys(&j[3], hold).await.unwrap()));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(b.enter_keys(&j[3], hold).await.unwrap(), KeyGate::Go);
+
+    // A leased job's holder is renewed with its lease.
+    let q2 = fresh_queue("renew");
+    let one = QueueLimits {
+        key_concurrency: Some(1),
+        ..QueueLimits::default()
+    };
+    b.set_limits(&q2, &one).await.unwrap();
+    b.enqueue(vec![keyed(&q2, Some("k"), None)]).await.unwrap();
+    let lease_for = Duration::from_millis(400);
+    let l = b
+        .lease(&only(&q2), 1, lease_for, "a")
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(b.enter_keys(&l.job, lease_for).await.unwrap(), KeyGate::Go);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            b.extend(&[l.to_ref()], lease_for).await.unwrap(),
+            vec![true]
+        );
+    }
+    assert!(
+        wait(
+            b.enter_keys(&keyed(&q2, Some("k"), None), lease_for)
+                .await
+                .unwrap()
+        ),
+        "600 ms on, the renewed holder still holds the key"
+    );
+}
+
+pub async fn key_rate_meters_each_key(b: DynBroker) {
+    use ferry_core::limits::{KeyGate, QueueLimits, Rate};
+    if !limits_case(&b, "key_rate_meters_each_key") {
+        return;
+    }
+    let q = fresh_queue("kr");
+    let limits = QueueLimits {
+        key_rate: Some(Rate::parse("10/s", 1).unwrap()),
+        ..QueueLimits::default()
+    };
+    b.set_limits(&q, &limits).await.unwrap();
+    let hold = Duration::from_secs(30);
+    assert_eq!(
+        b.enter_keys(&keyed(&q, None, Some("host-a")), hold)
+            .await
+            .unwrap(),
+        KeyGate::Go
+    );
+    match b
+        .enter_keys(&keyed(&q, None, Some("host-a")), hold)
+        .await
+        .unwrap()
+    {
+        KeyGate::Wait(d) => assert!(
+            d > Duration::from_millis(50) && d <= Duration::from_millis(100),
+            "the next start of host-a is ~100 ms away: {d:?}"
+        ),
+        KeyGate::Go => panic!("10/s with burst 1 lets two starts through at once"),
+    }
+    assert_eq!(
+        b.enter_keys(&keyed(&q, None, Some("host-b")), hold)
+            .await
+            .unwrap(),
+        KeyGate::Go
+    );
 }

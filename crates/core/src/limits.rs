@@ -73,6 +73,57 @@ impl Rate {
     }
 }
 
+/// A GCRA decision: of `want` starts at `now_ms`, how many the rate allows given the stored
+/// theoretical arrival time `tat_ms`, and the arrival time to store after taking `used`.
+/// (The Redis broker does the same arithmetic in Lua, `gcra` in its `common.lua`.)
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gcra {
+    pub allowed: u64,
+    tat: f64,
+    interval: f64,
+    tolerance: f64,
+}
+
+impl Gcra {
+    #[must_use]
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    pub fn decide(rate: &Rate, tat_ms: f64, now_ms: f64, want: u64) -> Self {
+        let interval = rate.period.as_millis() as f64 / f64::from(rate.count);
+        let tolerance = interval * f64::from(rate.burst.saturating_sub(1));
+        let tat = tat_ms.max(now_ms);
+        let allowed = if now_ms + tolerance >= tat {
+            ((now_ms + tolerance - tat) / interval).floor() as u64 + 1
+        } else {
+            0
+        };
+        Self {
+            allowed: allowed.min(want),
+            tat,
+            interval,
+            tolerance,
+        }
+    }
+
+    /// The arrival time to store once `used` starts were made.
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)]
+    pub fn tat_after(&self, used: u64) -> f64 {
+        self.tat + used as f64 * self.interval
+    }
+
+    /// How long until one more start is allowed after `used` were made.
+    #[must_use]
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    pub fn wait_after(&self, used: u64, now_ms: f64) -> Duration {
+        let next = self.tat_after(used) - self.tolerance;
+        Duration::from_millis((next - now_ms).max(0.0).ceil() as u64)
+    }
+}
+
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -111,6 +162,19 @@ pub enum KeyGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gcra_allows_the_burst_then_one_per_interval() {
+        let r = Rate::parse("10/s", 3).unwrap();
+        let g = Gcra::decide(&r, 0.0, 1_000.0, 10);
+        assert_eq!(g.allowed, 3, "a fresh limiter allows the burst");
+        let tat = g.tat_after(3);
+        let g = Gcra::decide(&r, tat, 1_000.0, 10);
+        assert_eq!(g.allowed, 0);
+        assert_eq!(g.wait_after(0, 1_000.0), Duration::from_millis(100));
+        assert_eq!(Gcra::decide(&r, tat, 1_100.0, 10).allowed, 1);
+        assert_eq!(Gcra::decide(&r, tat, 1_250.0, 10).allowed, 2);
+    }
 
     #[test]
     fn rates_parse() {
