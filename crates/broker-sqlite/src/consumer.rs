@@ -18,6 +18,7 @@ const MAX_PER_STATEMENT: usize = 2_000;
 
 pub(crate) async fn lease(
     pool: &SqlitePool,
+    limited: &[crate::limits::Limited],
     queues: &QueueSelector,
     max: usize,
     lease_for: Duration,
@@ -44,7 +45,6 @@ pub(crate) async fn lease(
     .map_err(|e| unavailable(&e))?;
 
     // Queues with queue-level limits lease on their own, within them; the rest together.
-    let limited = crate::limits::limited(pool).await?;
     let excluded: Vec<&QueueName> = limited.iter().map(|l| &l.queue).collect();
     let mut leases = lease_rows(pool, queues, &excluded, max, None, now, lease_for, worker).await?;
     for l in limited.iter().filter(|l| queues.includes(&l.queue)) {
@@ -52,7 +52,7 @@ pub(crate) async fn lease(
         if want == 0 {
             break;
         }
-        let (allowed, gcra) = crate::limits::rate_allowance(l, want, now);
+        let (allowed, gcra) = crate::limits::rate_allowance(pool, l, want, now).await?;
         if allowed == 0 {
             continue;
         }

@@ -38,8 +38,15 @@ struct Inner {
     /// Cancel requests for running jobs. The embedded broker belongs to one process, so
     /// they reach that process's workers only (`ferry dev`).
     cancels: tokio::sync::broadcast::Sender<JobId>,
+    /// Queues with queue-level limits, as last read and when: reread every
+    /// [`LIMITS_FRESH_FOR`] (a change made here clears it at once).
+    limited: std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<limits::Limited>>)>>,
     config: SqliteBrokerConfig,
 }
+
+/// How long the list of limited queues is trusted: a limit set by another process using the
+/// same file applies within this long; one set here applies at once.
+const LIMITS_FRESH_FOR: Duration = Duration::from_millis(250);
 
 pub(crate) fn unavailable(e: &sqlx::Error) -> BrokerError {
     BrokerError::Unavailable(format!("sqlite: {e}"))
@@ -77,6 +84,7 @@ impl SqliteBroker {
                 enqueuer,
                 pushed: Notify::new(),
                 cancels: tokio::sync::broadcast::channel(1024).0,
+                limited: std::sync::Mutex::new(None),
                 config,
             }),
         })
@@ -87,6 +95,31 @@ impl SqliteBroker {
         // empty lease and its wait, so that push is not missed.
         self.inner.pushed.notify_waiters();
         self.inner.pushed.notify_one();
+    }
+}
+
+impl SqliteBroker {
+    /// The queues with queue-level limits, from the cache while it is fresh.
+    async fn limited(&self) -> BrokerResult<Arc<Vec<limits::Limited>>> {
+        let cached = self
+            .inner
+            .limited
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some((at, list)) = cached
+            && at.elapsed() < LIMITS_FRESH_FOR
+        {
+            return Ok(list);
+        }
+        let list = Arc::new(limits::limited(&self.inner.reader).await?);
+        *self
+            .inner
+            .limited
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((std::time::Instant::now(), list.clone()));
+        Ok(list)
     }
 }
 
@@ -129,7 +162,8 @@ impl Broker for SqliteBroker {
         lease_for: Duration,
         worker: &str,
     ) -> BrokerResult<Vec<Lease>> {
-        consumer::lease(&self.inner.writer, queues, max, lease_for, worker).await
+        let limited = self.limited().await?;
+        consumer::lease(&self.inner.writer, &limited, queues, max, lease_for, worker).await
     }
 
     async fn extend(&self, leases: &[LeaseRef], lease_for: Duration) -> BrokerResult<Vec<bool>> {
@@ -197,7 +231,13 @@ impl Broker for SqliteBroker {
         queue: &QueueName,
         limits: &ferry_core::limits::QueueLimits,
     ) -> BrokerResult<()> {
-        limits::set(&self.inner.writer, queue, limits).await
+        limits::set(&self.inner.writer, queue, limits).await?;
+        *self
+            .inner
+            .limited
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        Ok(())
     }
 
     async fn limits(&self, queue: &QueueName) -> BrokerResult<ferry_core::limits::QueueLimits> {

@@ -97,15 +97,15 @@ pub(crate) async fn get(pool: &SqlitePool, queue: &QueueName) -> BrokerResult<Qu
     Ok(row.as_ref().map(limits_of).unwrap_or_default())
 }
 
-/// A queue with a queue-level limit: its limits and the rate's stored arrival time.
+/// A queue with a queue-level limit.
+#[derive(Clone)]
 pub(crate) struct Limited {
     pub(crate) queue: QueueName,
     pub(crate) limits: QueueLimits,
-    pub(crate) tat: f64,
 }
 
-/// The queues with queue-level limits (few rows; read on every lease so that a change made
-/// by any process applies at once).
+/// The queues with queue-level limits (few rows). The broker caches this list briefly; the
+/// rate's arrival time is always read fresh ([`rate_allowance`]).
 pub(crate) async fn limited(pool: &SqlitePool) -> BrokerResult<Vec<Limited>> {
     let rows = sqlx::query(
         "SELECT * FROM ferry_limits WHERE rate_count IS NOT NULL OR concurrency IS NOT NULL",
@@ -121,7 +121,6 @@ pub(crate) async fn limited(pool: &SqlitePool) -> BrokerResult<Vec<Limited>> {
                     ferry_core::broker::BrokerError::Unavailable(format!("sqlite: {e}"))
                 })?,
                 limits: limits_of(row),
-                tat: row.try_get("tat").map_err(|e| unavailable(&e))?,
             })
         })
         .collect()
@@ -130,14 +129,23 @@ pub(crate) async fn limited(pool: &SqlitePool) -> BrokerResult<Vec<Limited>> {
 /// How many jobs a limited queue may lease now (its rate; its concurrency is applied by the
 /// leasing statement), and the decision to store once leased.
 #[allow(clippy::cast_precision_loss)]
-pub(crate) fn rate_allowance(l: &Limited, want: usize, now: UnixMillis) -> (usize, Option<Gcra>) {
-    match &l.limits.rate {
-        Some(r) => {
-            let g = Gcra::decide(r, l.tat, now.0 as f64, want as u64);
-            (usize::try_from(g.allowed).unwrap_or(want), Some(g))
-        }
-        None => (want, None),
-    }
+pub(crate) async fn rate_allowance(
+    pool: &SqlitePool,
+    l: &Limited,
+    want: usize,
+    now: UnixMillis,
+) -> BrokerResult<(usize, Option<Gcra>)> {
+    let Some(r) = &l.limits.rate else {
+        return Ok((want, None));
+    };
+    let tat: f64 = sqlx::query_scalar("SELECT tat FROM ferry_limits WHERE queue = ?")
+        .bind(l.queue.as_str())
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .unwrap_or(0.0);
+    let g = Gcra::decide(r, tat, now.0 as f64, want as u64);
+    Ok((usize::try_from(g.allowed).unwrap_or(want), Some(g)))
 }
 
 pub(crate) async fn take_rate(
