@@ -15,10 +15,22 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// AOF with `appendfsync always`; off for servers whose data may go with them.
+    persist: bool,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// A server that keeps nothing on disk: for tests that leave data behind which should
+    /// not accumulate in the shared server.
+    pub fn scratch() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(persist: bool) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -28,6 +40,7 @@ impl RedisServer {
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
+            persist,
         };
         s.spawn();
         s
@@ -45,14 +58,12 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--dir", self.dir.path().to_str().unwrap()])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
+            .args(if self.persist {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
+            .args(["--save", ""])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
