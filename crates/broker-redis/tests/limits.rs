@@ -157,6 +157,34 @@ async fn tenants_take_turns() {
     b.nack(big.to_ref(), ferry_core::UnixMillis::now(), "again".into())
         .await
         .unwrap();
+    // Small leases take turns too: one job per lease rotates through the lanes.
+    let q2 = fresh_queue("turns");
+    for t in ["a", "b", "c"] {
+        let mut js = jobs(&q2, 3);
+        for j in &mut js {
+            j.tenant = Some(Tenant::parse(t).unwrap());
+        }
+        b.enqueue(js).await.unwrap();
+    }
+    b.enqueue(jobs(&q2, 3)).await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..8 {
+        let l = b
+            .lease(&only(&q2), 1, LEASE, "w")
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        order.push(tenant_of(&l));
+    }
+    let mut first_four = order[..4].to_vec();
+    first_four.sort();
+    assert_eq!(
+        first_four,
+        ["a", "b", "c", "none"],
+        "every tenant's turn comes: {order:?}"
+    );
+    assert_eq!(order[..4], order[4..], "in the same rotation: {order:?}");
     let rest = b.lease(&only(&q), 20_000, LEASE, "w").await.unwrap();
     assert_eq!(rest.len(), 10_015 - 30 + 1);
     assert!(rest.iter().all(|l| tenant_of(l) == "big"));

@@ -153,9 +153,10 @@ local function to_ready(ids, atts)
 end
 
 -- Takes up to `max` ready members: all from `ready` when no tenant has jobs waiting (the
--- common case, one call), else an equal share from `ready` and each lane in turn (up to 64
--- lanes per call), again until `max` or nothing is left. Served lanes go to the back of
--- the rotation; emptied ones leave it.
+-- common case, one call), else an equal share from each lane in turn, `ready` being the
+-- lane of jobs without a tenant (up to 64 lanes per call), again until `max` or nothing is
+-- left. Served lanes go to the back of the rotation, so that small leases take turns too;
+-- emptied ones leave it.
 local function take_ready(max)
   if redis.call('EXISTS', K_LANES) == 0 then
     -- ZRANGE + ZREMRANGEBYRANK rather than ZPOPMIN: no score strings to make per job.
@@ -163,10 +164,17 @@ local function take_ready(max)
     if #members > 0 then redis.call('ZREMRANGEBYRANK', K_READY, 0, #members - 1) end
     return members
   end
+  -- Jobs without a tenant take their turn too, as tenant '' (their set is `ready`).
+  if redis.call('ZCARD', K_READY) > 0 and not redis.call('ZSCORE', K_LANES, '') then
+    local last = redis.call('ZRANGE', K_LANES, -1, -1, 'WITHSCORES')
+    redis.call('ZADD', K_LANES, (tonumber(last[2]) or 0) + 1, '')
+  end
   local tenants = redis.call('ZRANGE', K_LANES, 0, 63)
-  local sources = {K_READY}
-  for i = 1, #tenants do sources[#sources + 1] = lane_key(tenants[i]) end
-  local open = {}
+  local sources = {}
+  for i = 1, #tenants do
+    if tenants[i] == '' then sources[i] = K_READY else sources[i] = lane_key(tenants[i]) end
+  end
+  local open, served = {}, {}
   for i = 1, #sources do open[i] = true end
   local members, left, active = {}, max, #sources
   while left > 0 and active > 0 do
@@ -178,6 +186,7 @@ local function take_ready(max)
           redis.call('ZREMRANGEBYRANK', sources[i], 0, #got - 1)
           for k = 1, #got do members[#members + 1] = got[k] end
           left = left - #got
+          served[i] = true
         end
         if #got < share then
           open[i] = false
@@ -189,9 +198,9 @@ local function take_ready(max)
   local last = redis.call('ZRANGE', K_LANES, -1, -1, 'WITHSCORES')
   local turn = tonumber(last[2]) or 0
   for i = 1, #tenants do
-    if redis.call('EXISTS', sources[i + 1]) == 0 then
+    if redis.call('EXISTS', sources[i]) == 0 then
       redis.call('ZREM', K_LANES, tenants[i])
-    else
+    elseif served[i] then
       turn = turn + 1
       redis.call('ZADD', K_LANES, turn, tenants[i])
     end
