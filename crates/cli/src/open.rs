@@ -13,6 +13,15 @@ use ferry_store::{PgOpenError, PgStore, PgStoreConfig, SqliteStore, SqliteStoreC
 
 use crate::UsageError;
 
+fn redis_config(url: &str) -> anyhow::Result<RedisBrokerConfig> {
+    let keep = ferry_config::RedisConfig::from_env(&ferry_config::ProcessEnv)?;
+    Ok(RedisBrokerConfig {
+        idempotency_ttl: keep.idempotency_ttl,
+        dead_max: keep.dead_max,
+        ..RedisBrokerConfig::new(url)
+    })
+}
+
 pub(crate) async fn broker(url: &BrokerUrl) -> anyhow::Result<Arc<dyn Broker>> {
     match url {
         BrokerUrl::Sqlite(path) => {
@@ -21,7 +30,7 @@ pub(crate) async fn broker(url: &BrokerUrl) -> anyhow::Result<Arc<dyn Broker>> {
                 .with_context(|| format!("opening the broker at sqlite://{}", path.display()))?;
             Ok(Arc::new(b))
         }
-        BrokerUrl::Redis(url) => match RedisBroker::connect(RedisBrokerConfig::new(url)).await {
+        BrokerUrl::Redis(url) => match RedisBroker::connect(redis_config(url)?).await {
             Ok(b) => Ok(Arc::new(b)),
             // A malformed URL is the operator's to fix (exit 2); an unreachable server may be
             // a moment away (exit 1), so supervisors restart us.

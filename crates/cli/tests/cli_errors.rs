@@ -63,6 +63,16 @@ fn bad_configuration_is_one_line_and_exit_2() {
     assert!(!e.contains("s3cret"));
     let (c, e) = ferry(&["worker"], &[("FERRY_WORKER_CONCURRENCY", "0")]);
     assert_one_line(c, &e, "FERRY_WORKER_CONCURRENCY");
+    let (c, e) = ferry(&["worker"], &[("FERRY_HTTP_BREAKER_FAILURES", "many")]);
+    assert_one_line(c, &e, "FERRY_HTTP_BREAKER_FAILURES");
+    let (c, e) = ferry(
+        &["worker"],
+        &[
+            ("FERRY_BROKER_URL", "redis://127.0.0.1:6379"),
+            ("FERRY_REDIS_DEAD_MAX", "lots"),
+        ],
+    );
+    assert_one_line(c, &e, "FERRY_REDIS_DEAD_MAX");
     let (c, e) = ferry(&["submit", "noop", "--payload", "{oops"], &[]);
     assert_one_line(c, &e, "--payload is not JSON");
 }

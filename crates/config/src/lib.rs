@@ -297,6 +297,41 @@ impl WorkerConfig {
     }
 }
 
+/// What the Redis broker keeps (used when `FERRY_BROKER_URL` is `redis://`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `FERRY_REDIS_IDEMPOTENCY_TTL_SECS` (default 86400): how long the broker remembers an
+    /// idempotency key (the store remembers it for the history's retention).
+    pub idempotency_ttl: Duration,
+    /// `FERRY_REDIS_DEAD_MAX` (default 100000): dead-lettered jobs kept per queue; the oldest
+    /// fall out first (their history stays in the store).
+    pub dead_max: u64,
+}
+
+impl RedisConfig {
+    /// # Errors
+    /// On a malformed variable.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let secs: u64 = parsed(
+            env,
+            "FERRY_REDIS_IDEMPOTENCY_TTL_SECS",
+            86_400,
+            "a whole number of seconds",
+        )?;
+        if secs == 0 {
+            return Err(ConfigError {
+                var: "FERRY_REDIS_IDEMPOTENCY_TTL_SECS",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(Self {
+            idempotency_ttl: Duration::from_secs(secs),
+            dead_max: parsed(env, "FERRY_REDIS_DEAD_MAX", 100_000, "a whole number")?,
+        })
+    }
+}
+
 /// The built-in `http` handler.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HttpTargetConfig {
