@@ -485,7 +485,7 @@ async fn cancel_job(
         .broker
         .cancel(&rec.queue, job_id)
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(limits::broker_error)?;
     match outcome {
         CancelOutcome::Cancelled => {
             state
@@ -510,7 +510,7 @@ async fn cancel_job(
                 .broker
                 .announce_cancel(job_id)
                 .await
-                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+                .map_err(limits::broker_error)?;
             Ok((
                 StatusCode::ACCEPTED,
                 axum::Json(serde_json::json!({ "id": job_id, "state": "cancelling" })),

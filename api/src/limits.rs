@@ -75,11 +75,13 @@ impl LimitsBody {
     }
 }
 
+/// A broker error as the API answers it: a capability the broker lacks is a 501, anything
+/// else a 503.
 pub(crate) fn broker_error(e: BrokerError) -> ApiError {
     match e {
-        BrokerError::Unsupported(what) => ApiError::Unsupported(format!(
-            "this broker does not support {what}: pool-wide limits need a shared broker (redis)"
-        )),
+        BrokerError::Unsupported(what) => {
+            ApiError::Unsupported(format!("this deployment's broker does not support {what}"))
+        }
         e => ApiError::Unavailable(e.to_string()),
     }
 }

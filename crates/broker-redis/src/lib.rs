@@ -176,6 +176,8 @@ impl Broker for RedisBroker {
             pause: true,
             cross_process_wakeup: true,
             limits: true,
+            idempotency: true,
+            cancel: true,
         }
     }
 

@@ -138,6 +138,8 @@ impl Broker for SqliteBroker {
             cross_process_wakeup: false,
             // Kept in the database file: shared by everything that leases from it.
             limits: true,
+            idempotency: true,
+            cancel: true,
         }
     }
 

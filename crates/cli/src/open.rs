@@ -39,8 +39,24 @@ pub(crate) async fn broker(url: &BrokerUrl) -> anyhow::Result<Arc<dyn Broker>> {
             }
             Err(e) => Err(anyhow::anyhow!("FERRY_BROKER_URL: {e}")),
         },
+        #[cfg(feature = "amqp")]
+        BrokerUrl::Amqp(url) => {
+            use ferry_broker_amqp::{AmqpBroker, AmqpBrokerConfig, ConnectError as AmqpError};
+            match AmqpBroker::connect(AmqpBrokerConfig::new(url)).await {
+                Ok(b) => Ok(Arc::new(b)),
+                Err(e @ AmqpError::InvalidUrl(_)) => {
+                    Err(UsageError(format!("FERRY_BROKER_URL: {e}")).into())
+                }
+                Err(e) => Err(anyhow::anyhow!("FERRY_BROKER_URL: {e}")),
+            }
+        }
+        #[cfg(not(feature = "amqp"))]
+        BrokerUrl::Amqp(_) => Err(UsageError(
+            "FERRY_BROKER_URL: this ferry was built without the amqp feature".into(),
+        )
+        .into()),
         BrokerUrl::Other { scheme, url } => Err(UsageError(format!(
-            "FERRY_BROKER_URL={url:?}: the {scheme} broker is not part of this build yet; use sqlite://PATH (the default) or redis://HOST"
+            "FERRY_BROKER_URL={url:?}: the {scheme} broker is not part of this build yet; use sqlite://PATH (the default), redis://HOST or amqp://HOST"
         ))
         .into()),
     }

@@ -52,6 +52,15 @@ pub(crate) async fn run(role: Role) -> anyhow::Result<()> {
     let api_cfg = ApiConfig::from_env(&env)?;
     let worker_cfg = WorkerConfig::from_env(&env)?;
     let http_cfg = HttpTargetConfig::from_env(&env)?;
+    if role != Role::Api
+        && matches!(data.broker, ferry_config::BrokerUrl::Amqp(_))
+        && worker_cfg.queues == ferry_core::broker::QueueSelector::All
+    {
+        return Err(crate::UsageError(
+            "FERRY_QUEUES: RabbitMQ cannot list queues; name the queues this worker takes (e.g. FERRY_QUEUES=emails,reports)".into(),
+        )
+        .into());
+    }
     let broker = open::broker(&data.broker).await?;
     let store = open::store(&data.store, data.retention).await?;
     let shutdown = CancellationToken::new();

@@ -38,9 +38,14 @@ fn bad_configuration_is_one_line_and_exit_2() {
     assert_one_line(c, &e, "unknown broker scheme 'mongo'");
     let (c, e) = ferry(
         &["worker"],
+        &[("FERRY_BROKER_URL", "kafka://127.0.0.1:9092")],
+    );
+    assert_one_line(c, &e, "the kafka broker is not part of this build yet");
+    let (c, e) = ferry(
+        &["worker"],
         &[("FERRY_BROKER_URL", "amqp://127.0.0.1:5672")],
     );
-    assert_one_line(c, &e, "the amqp broker is not part of this build yet");
+    assert_one_line(c, &e, "FERRY_QUEUES: RabbitMQ cannot list queues");
     let (c, e) = ferry(
         &["dev"],
         &[("FERRY_DATABASE_URL", "postgres://127.0.0.1:notaport/test")],
@@ -99,6 +104,41 @@ fn bad_redis_urls_are_one_line_not_a_hang() {
     );
     assert_one_line_exit(1, c, &e, "redis://ferry:***@127.0.0.1:1");
     assert!(!e.contains("s3cret"));
+}
+
+#[test]
+fn bad_amqp_urls_are_one_line_not_a_hang() {
+    let q = ("FERRY_QUEUES", "jobs");
+    let (c, e) = ferry(
+        &["worker"],
+        &[("FERRY_BROKER_URL", "amqp://127.0.0.1:notaport/%2f"), q],
+    );
+    assert_one_line(c, &e, "not a valid amqp URL");
+    let start = std::time::Instant::now();
+    let (c, e) = ferry(
+        &["worker"],
+        &[
+            ("FERRY_BROKER_URL", "amqp://ferry:s3cret@127.0.0.1:1/%2f"),
+            q,
+        ],
+    );
+    assert_one_line_exit(
+        1,
+        c,
+        &e,
+        "cannot reach RabbitMQ at amqp://ferry:***@127.0.0.1:1",
+    );
+    assert!(!e.contains("s3cret"));
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    // Wrong credentials on a real server: one line too.
+    let (c, e) = ferry(
+        &["worker"],
+        &[
+            ("FERRY_BROKER_URL", "amqp://guest:wrong@127.0.0.1:5672/%2f"),
+            q,
+        ],
+    );
+    assert_one_line_exit(1, c, &e, "cannot reach RabbitMQ");
 }
 
 #[test]

@@ -168,6 +168,19 @@ async fn redis_and_postgres_thousand_jobs_then_sigkill_loses_nothing() {
     .await;
 }
 
+/// The same on RabbitMQ (`FERRY_TEST_AMQP_URL`, default the local server): unacked
+/// deliveries of the killed process come back when its connection drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_thousand_jobs_then_sigkill_loses_nothing() {
+    let url = std::env::var("FERRY_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    thousand_jobs_then_sigkill_loses_nothing(&[
+        ("FERRY_BROKER_URL", url),
+        ("FERRY_QUEUES", "e2e".into()),
+    ])
+    .await;
+}
+
 async fn thousand_jobs_then_sigkill_loses_nothing(env: &[(&str, String)]) {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();

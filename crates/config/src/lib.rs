@@ -73,7 +73,9 @@ pub enum BrokerUrl {
     Sqlite(PathBuf),
     /// `redis://[user:pass@]host[:port][/db]` or `rediss://...` (TLS).
     Redis(String),
-    /// `amqp://...`, `kafka://...`: recognised, served by broker crates that are not part of
+    /// `amqp://user:pass@host[:port]/vhost` (RabbitMQ).
+    Amqp(String),
+    /// `amqps://...`, `kafka://...`: recognised, served by broker code that is not part of
     /// this build yet.
     Other { scheme: String, url: String },
 }
@@ -119,7 +121,8 @@ impl BrokerUrl {
         match scheme.as_str() {
             "sqlite" => Ok(Self::Sqlite(sqlite_path(VAR, url, &rest)?)),
             "redis" | "rediss" => Ok(Self::Redis(url.into())),
-            "amqp" | "amqps" | "kafka" => Ok(Self::Other {
+            "amqp" => Ok(Self::Amqp(url.into())),
+            "amqps" | "kafka" => Ok(Self::Other {
                 scheme,
                 url: url.into(),
             }),

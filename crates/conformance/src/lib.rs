@@ -363,6 +363,9 @@ pub async fn release_keeps_the_attempt(b: DynBroker) {
 /// Cancel removes a waiting job (ready, scheduled or dead) for good, reports a leased one as
 /// running, and an announced cancel reaches this process's listeners.
 pub async fn cancel_removes_waiting_jobs(b: DynBroker) {
+    if !skip_unless(&b, "cancel_removes_waiting_jobs", |c| c.cancel, "cancel") {
+        return;
+    }
     use ferry_core::broker::CancelOutcome;
     let q = fresh_queue("cancel");
     let ready = job(&q, 1);
@@ -497,6 +500,14 @@ pub async fn priorities_are_honoured(b: DynBroker) {
 }
 
 pub async fn idempotency_keys_deduplicate(b: DynBroker) {
+    if !skip_unless(
+        &b,
+        "idempotency_keys_deduplicate",
+        |c| c.idempotency,
+        "idempotency keys",
+    ) {
+        return;
+    }
     let q = fresh_queue("idem");
     let key = ferry_core::IdempotencyKey::parse("order-42").unwrap();
     let mut first = job(&q, 1);

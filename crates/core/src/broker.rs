@@ -136,6 +136,12 @@ pub struct Capabilities {
     pub cross_process_wakeup: bool,
     /// Pool-wide queue and per-key limits ([`Broker::set_limits`]).
     pub limits: bool,
+    /// The broker itself deduplicates submissions by idempotency key (atomically, per queue,
+    /// for a window). Without it, keys are checked in the store by the API only.
+    pub idempotency: bool,
+    /// A waiting job can be removed ([`Broker::cancel`]) and cancel requests reach workers
+    /// ([`Broker::announce_cancel`]).
+    pub cancel: bool,
 }
 
 /// Exact counts for one queue.

@@ -82,10 +82,13 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Sets up `tracing` output to stderr, filtered by `RUST_LOG` (default `info`).
+/// Sets up `tracing` output to stderr, filtered by `RUST_LOG` (default `info`, with the
+/// AMQP client's own logging off).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // lapin logs every connection failure at ERROR on its own; Ferry reports the ones
+        // that matter in one line of its own (a broker that cannot be reached at start-up).
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

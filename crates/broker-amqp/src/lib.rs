@@ -1,0 +1,641 @@
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod topology;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ferry_core::broker::{
+    Broker, BrokerError, BrokerResult, CancelOutcome, Capabilities, DeadJob, EnqueueOutcome,
+    FencingToken, Lease, LeaseRef, QueueSelector, QueueStats, Settle, SettleOutcome, Settlement,
+};
+use ferry_core::{JobEnvelope, JobId, QueueName, UnixMillis};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+};
+use tokio::sync::Notify;
+
+pub use config::AmqpBrokerConfig;
+use topology::Names;
+
+/// Why the broker could not start. One line each, fit for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("not a valid amqp URL: {0}")]
+    InvalidUrl(String),
+    #[error("cannot reach RabbitMQ at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+}
+
+fn unavailable(e: &lapin::Error) -> BrokerError {
+    BrokerError::Unavailable(format!("rabbitmq: {e}"))
+}
+
+/// One connection and its channels; replaced as a whole when the connection fails.
+struct Session {
+    _conn: Connection,
+    /// Publisher confirms on: a publish is done when RabbitMQ has the message.
+    publish: Channel,
+    /// `basic.get` and the acks of what it handed out (delivery tags are per channel).
+    get: Channel,
+    /// Which session a delivery tag belongs to.
+    generation: u64,
+}
+
+/// A lease this process holds: the delivery it stands for.
+struct Held {
+    queue: QueueName,
+    tag: u64,
+    generation: u64,
+    job: Arc<JobEnvelope>,
+    expires: Instant,
+}
+
+struct Inner {
+    config: AmqpBrokerConfig,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    generations: AtomicU64,
+    /// Queues whose topology this process declared (per session generation).
+    declared: Mutex<HashSet<(u64, QueueName)>>,
+    held: Mutex<HashMap<LeaseRef, Held>>,
+    counter: AtomicU64,
+    pushed: Notify,
+    cancels: tokio::sync::broadcast::Sender<JobId>,
+}
+
+/// Ferry's RabbitMQ broker. Cheap to clone.
+#[derive(Clone)]
+pub struct AmqpBroker {
+    inner: Arc<Inner>,
+    _reaper: Arc<Reaper>,
+}
+
+/// Stops the lease reaper when the last clone of the broker goes.
+struct Reaper(tokio::task::JoinHandle<()>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `basic.get` calls kept in flight on the channel by one lease.
+const GETS_IN_FLIGHT: usize = 128;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Ferry priorities (i16, higher first) onto RabbitMQ's 0..=31: -16..=15 keep their order,
+/// the rest are clamped.
+fn amqp_priority(p: i16) -> u8 {
+    u8::try_from((i32::from(p) + 16).clamp(0, 31)).unwrap_or(0)
+}
+
+impl AmqpBroker {
+    /// Connects and checks the server answers.
+    ///
+    /// # Errors
+    /// A malformed URL, or a server that cannot be reached (one clear line each).
+    pub async fn connect(config: AmqpBrokerConfig) -> Result<Self, ConnectError> {
+        let shown = ferry_core::redacted_url(&config.url);
+        if let Err(e) = config.url.parse::<lapin::uri::AMQPUri>() {
+            return Err(ConnectError::InvalidUrl(format!("{shown}: {e}")));
+        }
+        let inner = Arc::new(Inner {
+            config,
+            session: tokio::sync::Mutex::new(None),
+            generations: AtomicU64::new(0),
+            declared: Mutex::default(),
+            held: Mutex::default(),
+            counter: AtomicU64::new(0),
+            pushed: Notify::new(),
+            cancels: tokio::sync::broadcast::channel(16).0,
+        });
+        inner
+            .session()
+            .await
+            .map_err(|e| ConnectError::Unreachable {
+                url: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        let reaper = {
+            let inner = Arc::downgrade(&inner);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let Some(inner) = inner.upgrade() else { return };
+                    inner.reap().await;
+                }
+            })
+        };
+        Ok(Self {
+            inner,
+            _reaper: Arc::new(Reaper(reaper)),
+        })
+    }
+}
+
+impl Inner {
+    /// The live session, connecting (again) when there is none or it failed.
+    async fn session(&self) -> BrokerResult<Arc<Session>> {
+        let mut slot = self.session.lock().await;
+        if let Some(s) = slot.as_ref()
+            && s.publish.status().connected()
+            && s.get.status().connected()
+        {
+            return Ok(s.clone());
+        }
+        *slot = None;
+        let connect = Connection::connect(&self.config.url, ConnectionProperties::default());
+        let conn = match tokio::time::timeout(self.config.connect_timeout, connect).await {
+            Err(_) => {
+                return Err(BrokerError::Unavailable(format!(
+                    "rabbitmq: no answer within {:?}",
+                    self.config.connect_timeout
+                )));
+            }
+            Ok(Err(e)) => return Err(unavailable(&e)),
+            Ok(Ok(c)) => c,
+        };
+        let publish = conn.create_channel().await.map_err(|e| unavailable(&e))?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let get = conn.create_channel().await.map_err(|e| unavailable(&e))?;
+        let s = Arc::new(Session {
+            _conn: conn,
+            publish,
+            get,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+        });
+        *slot = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Declares a queue's topology once per session.
+    async fn declare(&self, s: &Session, queue: &QueueName) -> BrokerResult<Names> {
+        let names = Names::new(queue, &self.config.delay_buckets);
+        let key = (s.generation, queue.clone());
+        if lock(&self.declared).contains(&key) {
+            return Ok(names);
+        }
+        topology::declare(&s.get, &names)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        lock(&self.declared).insert(key);
+        Ok(names)
+    }
+
+    /// Publishes `job` so that it is delivered from `at` on: to the work queue when due,
+    /// else to the delay bucket that returns it soonest without being early.
+    async fn publish(
+        &self,
+        s: &Session,
+        names: &Names,
+        job: &JobEnvelope,
+        at: UnixMillis,
+    ) -> BrokerResult<PublisherConfirm> {
+        let wait = UnixMillis::now().until(at);
+        let routing = names.route(wait);
+        self.publish_to(s, &routing, job, None).await
+    }
+
+    async fn publish_to(
+        &self,
+        s: &Session,
+        routing: &str,
+        job: &JobEnvelope,
+        error: Option<&str>,
+    ) -> BrokerResult<PublisherConfirm> {
+        let body = serde_json::to_vec(job)
+            .map_err(|e| BrokerError::Rejected(format!("cannot encode job {}: {e}", job.id)))?;
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_priority(amqp_priority(job.priority));
+        if let Some(e) = error {
+            let mut h = FieldTable::default();
+            h.insert("x-ferry-error".into(), AMQPValue::LongString(e.into()));
+            props = props.with_headers(h);
+        }
+        s.publish
+            .basic_publish(
+                "".into(),
+                routing.into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await
+            .map_err(|e| unavailable(&e))
+    }
+
+    /// Turns one delivery into a lease, or sends it on to its next delay step when it came
+    /// back before its time (then `None`).
+    async fn take(
+        &self,
+        s: &Session,
+        n: &Names,
+        queue: &QueueName,
+        d: lapin::message::Delivery,
+        lease_for: Duration,
+    ) -> BrokerResult<Option<Lease>> {
+        let mut job = job_of(&d)?;
+        if job.run_at > UnixMillis::now() {
+            let c = self.publish(s, n, &job, job.run_at).await?;
+            confirmed(c).await?;
+            s.get
+                .basic_ack(d.delivery_tag, BasicAckOptions::default())
+                .await
+                .map_err(|e| unavailable(&e))?;
+            return Ok(None);
+        }
+        job.attempt += 1;
+        // Newer attempts always carry larger tokens, whichever process leases them; the low
+        // half tells this process's leases of one attempt apart.
+        let token = (u64::from(job.attempt) << 32)
+            | (self.counter.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
+        let job = Arc::new(job);
+        let lease = Lease {
+            job: job.clone(),
+            token: FencingToken(token),
+            expires_at: UnixMillis::now().plus(lease_for),
+        };
+        lock(&self.held).insert(
+            lease.to_ref(),
+            Held {
+                queue: queue.clone(),
+                tag: d.delivery_tag,
+                generation: s.generation,
+                job,
+                expires: Instant::now() + lease_for,
+            },
+        );
+        Ok(Some(lease))
+    }
+
+    /// Gives back (requeues) the deliveries of expired leases: RabbitMQ delivers them again.
+    async fn reap(&self) {
+        let now = Instant::now();
+        let expired: Vec<Held> = {
+            let mut held = lock(&self.held);
+            let gone: Vec<LeaseRef> = held
+                .iter()
+                .filter(|(_, h)| h.expires <= now)
+                .map(|(r, _)| *r)
+                .collect();
+            gone.iter().filter_map(|r| held.remove(r)).collect()
+        };
+        if expired.is_empty() {
+            return;
+        }
+        let Ok(s) = self.session().await else { return };
+        for h in expired {
+            if h.generation == s.generation {
+                let _ = s
+                    .get
+                    .basic_reject(h.tag, BasicRejectOptions { requeue: true })
+                    .await;
+            }
+        }
+    }
+}
+
+async fn confirmed(c: PublisherConfirm) -> BrokerResult<()> {
+    match c.await.map_err(|e| unavailable(&e))? {
+        Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Nack(_) => Err(BrokerError::Unavailable(
+            "rabbitmq refused to store a message (nack)".into(),
+        )),
+    }
+}
+
+/// A delivery's job, with the attempt this delivery is. A redelivery (the previous holder's
+/// channel closed, or its lease expired here) counts the lost delivery as an attempt.
+fn job_of(d: &lapin::message::Delivery) -> BrokerResult<JobEnvelope> {
+    let mut job: JobEnvelope = serde_json::from_slice(&d.data)
+        .map_err(|e| BrokerError::Unavailable(format!("rabbitmq: undecodable job: {e}")))?;
+    if d.redelivered {
+        job.attempt += 1;
+    }
+    Ok(job)
+}
+
+fn error_of(d: &lapin::message::Delivery) -> String {
+    d.properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-ferry-error").cloned())
+        .and_then(|v| match v {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    fn name(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            delay: true,
+            priority: true,
+            per_message_lease: true,
+            pause: false,
+            cross_process_wakeup: false,
+            limits: false,
+            idempotency: false,
+            cancel: false,
+        }
+    }
+
+    async fn enqueue(&self, jobs: Vec<JobEnvelope>) -> BrokerResult<Vec<EnqueueOutcome>> {
+        let inner = &self.inner;
+        let s = inner.session().await?;
+        let mut confirms = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let names = inner.declare(&s, &job.queue).await?;
+            confirms.push(inner.publish(&s, &names, job, job.run_at).await?);
+        }
+        // A 2xx from the API means RabbitMQ has every message.
+        for c in confirms {
+            confirmed(c).await?;
+        }
+        inner.pushed.notify_waiters();
+        Ok(jobs
+            .iter()
+            .map(|j| EnqueueOutcome {
+                id: j.id,
+                duplicate: false,
+            })
+            .collect())
+    }
+
+    async fn lease(
+        &self,
+        queues: &QueueSelector,
+        max: usize,
+        lease_for: Duration,
+        _worker: &str,
+    ) -> BrokerResult<Vec<Lease>> {
+        let inner = &self.inner;
+        inner.reap().await;
+        let s = inner.session().await?;
+        let names: Vec<QueueName> = match queues {
+            QueueSelector::Only(qs) => qs.clone(),
+            // RabbitMQ cannot list queues over AMQP: the ones this process has used.
+            QueueSelector::All => lock(&inner.declared)
+                .iter()
+                .filter(|(g, _)| *g == s.generation)
+                .map(|(_, q)| q.clone())
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for queue in names {
+            let n = inner.declare(&s, &queue).await?;
+            let mut empty = false;
+            while out.len() < max && !empty {
+                // `basic.get` is one message per round trip: keep many in flight at once.
+                let k = (max - out.len()).min(GETS_IN_FLIGHT);
+                let gets = (0..k).map(|_| {
+                    s.get
+                        .basic_get(n.work.as_str().into(), BasicGetOptions { no_ack: false })
+                });
+                for got in futures_util::future::join_all(gets).await {
+                    let Some(msg) = got.map_err(|e| unavailable(&e))? else {
+                        empty = true;
+                        continue;
+                    };
+                    if let Some(lease) = inner.take(&s, &n, &queue, msg.delivery, lease_for).await?
+                    {
+                        out.push(lease);
+                    }
+                }
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn extend(&self, leases: &[LeaseRef], lease_for: Duration) -> BrokerResult<Vec<bool>> {
+        let now = Instant::now();
+        let mut held = lock(&self.inner.held);
+        Ok(leases
+            .iter()
+            .map(|r| match held.get_mut(r) {
+                Some(h) if h.expires > now => {
+                    h.expires = now + lease_for;
+                    true
+                }
+                _ => false,
+            })
+            .collect())
+    }
+
+    async fn settle(&self, batch: &[Settle]) -> BrokerResult<Vec<SettleOutcome>> {
+        let inner = &self.inner;
+        let s = inner.session().await?;
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(batch.len());
+        for st in batch {
+            let h = lock(&inner.held).remove(&st.lease);
+            let Some(h) = h else {
+                out.push(SettleOutcome::Stale);
+                continue;
+            };
+            if h.generation != s.generation || h.expires <= now {
+                // Its channel is gone (RabbitMQ redelivers it) or its lease ran out.
+                if h.generation == s.generation {
+                    let _ = s
+                        .get
+                        .basic_reject(h.tag, BasicRejectOptions { requeue: true })
+                        .await;
+                }
+                out.push(SettleOutcome::Stale);
+                continue;
+            }
+            let names = inner.declare(&s, &h.queue).await?;
+            let mut job = (*h.job).clone();
+            // Republish first, ack after: a crash in between delivers the job twice, never
+            // zero times.
+            match &st.settlement {
+                Settlement::Ack => {}
+                // The due time travels in the envelope: a message back early from a delay
+                // step goes on to the next one.
+                Settlement::Retry { at, .. } => {
+                    job.run_at = *at;
+                    confirmed(inner.publish(&s, &names, &job, *at).await?).await?;
+                }
+                Settlement::Release { at } => {
+                    job.attempt = job.attempt.saturating_sub(1);
+                    job.run_at = *at;
+                    confirmed(inner.publish(&s, &names, &job, *at).await?).await?;
+                }
+                Settlement::Dead { error } => {
+                    let c = inner.publish_to(&s, &names.dead, &job, Some(error)).await?;
+                    confirmed(c).await?;
+                }
+            }
+            s.get
+                .basic_ack(h.tag, BasicAckOptions::default())
+                .await
+                .map_err(|e| unavailable(&e))?;
+            out.push(SettleOutcome::Applied);
+        }
+        if batch.iter().any(|s| {
+            matches!(
+                s.settlement,
+                Settlement::Retry { .. } | Settlement::Release { .. }
+            )
+        }) {
+            inner.pushed.notify_waiters();
+        }
+        Ok(out)
+    }
+
+    async fn wait_for_jobs(&self, _queues: &QueueSelector, max_wait: Duration) {
+        let wait = max_wait.min(self.inner.config.poll_interval);
+        let _ = tokio::time::timeout(wait, self.inner.pushed.notified()).await;
+    }
+
+    async fn stats(&self, queue: &QueueName) -> BrokerResult<QueueStats> {
+        let inner = &self.inner;
+        let s = inner.session().await?;
+        let names = inner.declare(&s, queue).await?;
+        let counts = topology::counts(&s.get, &names)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let leased = lock(&inner.held)
+            .values()
+            .filter(|h| h.queue == *queue)
+            .count() as u64;
+        Ok(QueueStats {
+            ready: counts.work,
+            scheduled: counts.delayed,
+            leased,
+            dead: counts.dead,
+            paused: false,
+        })
+    }
+
+    async fn pause(&self, _queue: &QueueName) -> BrokerResult<()> {
+        Err(BrokerError::Unsupported("pause"))
+    }
+
+    async fn resume(&self, _queue: &QueueName) -> BrokerResult<()> {
+        Err(BrokerError::Unsupported("pause"))
+    }
+
+    async fn dead_jobs(&self, queue: &QueueName, limit: usize) -> BrokerResult<Vec<DeadJob>> {
+        let inner = &self.inner;
+        let s = inner.session().await?;
+        let names = inner.declare(&s, queue).await?;
+        // Browse: take up to `limit`, then give them all back in order.
+        let mut tags = Vec::new();
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let got = s
+                .get
+                .basic_get(
+                    names.dead.as_str().into(),
+                    BasicGetOptions { no_ack: false },
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let Some(msg) = got else { break };
+            let d = msg.delivery;
+            tags.push(d.delivery_tag);
+            let mut job: JobEnvelope = serde_json::from_slice(&d.data).map_err(|e| {
+                BrokerError::Unavailable(format!("rabbitmq: undecodable dead job: {e}"))
+            })?;
+            job.attempt = job.attempt.max(1);
+            out.push(DeadJob {
+                job,
+                error: error_of(&d),
+            });
+        }
+        for t in tags {
+            s.get
+                .basic_reject(t, BasicRejectOptions { requeue: true })
+                .await
+                .map_err(|e| unavailable(&e))?;
+        }
+        Ok(out)
+    }
+
+    async fn retry_dead(&self, queue: &QueueName, ids: Option<&[JobId]>) -> BrokerResult<u64> {
+        let inner = &self.inner;
+        let s = inner.session().await?;
+        let names = inner.declare(&s, queue).await?;
+        let mut keep = Vec::new();
+        let mut moved = 0;
+        loop {
+            let got = s
+                .get
+                .basic_get(
+                    names.dead.as_str().into(),
+                    BasicGetOptions { no_ack: false },
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let Some(msg) = got else { break };
+            let d = msg.delivery;
+            let mut job: JobEnvelope = serde_json::from_slice(&d.data).map_err(|e| {
+                BrokerError::Unavailable(format!("rabbitmq: undecodable dead job: {e}"))
+            })?;
+            if ids.is_some_and(|ids| !ids.contains(&job.id)) {
+                keep.push(d.delivery_tag);
+                continue;
+            }
+            // A fresh attempt budget.
+            job.attempt = 0;
+            confirmed(inner.publish_to(&s, &names.work, &job, None).await?).await?;
+            s.get
+                .basic_ack(d.delivery_tag, BasicAckOptions::default())
+                .await
+                .map_err(|e| unavailable(&e))?;
+            moved += 1;
+        }
+        for t in keep {
+            s.get
+                .basic_reject(t, BasicRejectOptions { requeue: true })
+                .await
+                .map_err(|e| unavailable(&e))?;
+        }
+        if moved > 0 {
+            inner.pushed.notify_waiters();
+        }
+        Ok(moved)
+    }
+
+    async fn ping(&self) -> BrokerResult<()> {
+        self.inner.session().await.map(|_| ())
+    }
+
+    async fn cancel(&self, _queue: &QueueName, _id: JobId) -> BrokerResult<CancelOutcome> {
+        // A message cannot be taken out of the middle of a RabbitMQ queue.
+        Err(BrokerError::Unsupported("cancel"))
+    }
+
+    async fn announce_cancel(&self, _id: JobId) -> BrokerResult<()> {
+        Err(BrokerError::Unsupported("cancel"))
+    }
+
+    fn cancel_requests(&self) -> tokio::sync::broadcast::Receiver<JobId> {
+        self.inner.cancels.subscribe()
+    }
+}
