@@ -451,6 +451,8 @@ impl Broker for AmqpBroker {
         let s = inner.session().await?;
         let now = Instant::now();
         let mut out = Vec::with_capacity(batch.len());
+        let mut acks = Vec::new();
+        let mut confirms = Vec::new();
         for st in batch {
             let h = lock(&inner.held).remove(&st.lease);
             let Some(h) = h else {
@@ -470,31 +472,36 @@ impl Broker for AmqpBroker {
             }
             let names = inner.declare(&s, &h.queue).await?;
             let mut job = (*h.job).clone();
-            // Republish first, ack after: a crash in between delivers the job twice, never
-            // zero times.
             match &st.settlement {
                 Settlement::Ack => {}
                 // The due time travels in the envelope: a message back early from a delay
                 // step goes on to the next one.
                 Settlement::Retry { at, .. } => {
                     job.run_at = *at;
-                    confirmed(inner.publish(&s, &names, &job, *at).await?).await?;
+                    confirms.push(inner.publish(&s, &names, &job, *at).await?);
                 }
                 Settlement::Release { at } => {
                     job.attempt = job.attempt.saturating_sub(1);
                     job.run_at = *at;
-                    confirmed(inner.publish(&s, &names, &job, *at).await?).await?;
+                    confirms.push(inner.publish(&s, &names, &job, *at).await?);
                 }
                 Settlement::Dead { error } => {
-                    let c = inner.publish_to(&s, &names.dead, &job, Some(error)).await?;
-                    confirmed(c).await?;
+                    confirms.push(inner.publish_to(&s, &names.dead, &job, Some(error)).await?);
                 }
             }
-            s.get
-                .basic_ack(h.tag, BasicAckOptions::default())
-                .await
-                .map_err(|e| unavailable(&e))?;
+            acks.push(h.tag);
             out.push(SettleOutcome::Applied);
+        }
+        // Republished copies first, acks after: a crash in between delivers a job twice,
+        // never zero times. Each group goes out at once rather than a round trip apiece.
+        for c in futures_util::future::join_all(confirms.into_iter().map(confirmed)).await {
+            c?;
+        }
+        let acked = acks
+            .iter()
+            .map(|t| s.get.basic_ack(*t, BasicAckOptions::default()));
+        for a in futures_util::future::join_all(acked).await {
+            a.map_err(|e| unavailable(&e))?;
         }
         if batch.iter().any(|s| {
             matches!(
