@@ -249,7 +249,19 @@ impl Inner {
         d: lapin::message::Delivery,
         lease_for: Duration,
     ) -> BrokerResult<Option<Lease>> {
-        let mut job = job_of(&d)?;
+        let mut job = match job_of(&d) {
+            Ok(j) => j,
+            Err(e) => {
+                // Not a Ferry job (another publisher wrote to the queue): left unacked it
+                // would be stuck for this connection's life; nothing can run it.
+                tracing::error!(queue = %queue, error = %e, "dropping a message that is not a Ferry job");
+                s.get
+                    .basic_reject(d.delivery_tag, BasicRejectOptions { requeue: false })
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                return Ok(None);
+            }
+        };
         if job.run_at > UnixMillis::now() {
             let c = self.publish(s, n, &job, job.run_at).await?;
             confirmed(c).await?;
