@@ -342,6 +342,26 @@ fn job_of(d: &lapin::message::Delivery) -> BrokerResult<JobEnvelope> {
     Ok(job)
 }
 
+/// The next dead letter of a queue, unacked (the caller acks or requeues it).
+async fn next_dead(
+    s: &Session,
+    names: &Names,
+) -> BrokerResult<Option<(lapin::message::Delivery, JobEnvelope)>> {
+    let got = s
+        .get
+        .basic_get(
+            names.dead.as_str().into(),
+            BasicGetOptions { no_ack: false },
+        )
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let Some(msg) = got else { return Ok(None) };
+    let d = msg.delivery;
+    let job = serde_json::from_slice(&d.data)
+        .map_err(|e| BrokerError::Unavailable(format!("rabbitmq: undecodable dead job: {e}")))?;
+    Ok(Some((d, job)))
+}
+
 fn error_of(d: &lapin::message::Delivery) -> String {
     d.properties
         .headers()
@@ -567,21 +587,10 @@ impl Broker for AmqpBroker {
         let mut tags = Vec::new();
         let mut out = Vec::new();
         while out.len() < limit {
-            let got = s
-                .get
-                .basic_get(
-                    names.dead.as_str().into(),
-                    BasicGetOptions { no_ack: false },
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            let Some(msg) = got else { break };
-            let d = msg.delivery;
+            let Some((d, job)) = next_dead(&s, &names).await? else {
+                break;
+            };
             tags.push(d.delivery_tag);
-            let mut job: JobEnvelope = serde_json::from_slice(&d.data).map_err(|e| {
-                BrokerError::Unavailable(format!("rabbitmq: undecodable dead job: {e}"))
-            })?;
-            job.attempt = job.attempt.max(1);
             out.push(DeadJob {
                 job,
                 error: error_of(&d),
@@ -602,20 +611,7 @@ impl Broker for AmqpBroker {
         let names = inner.declare(&s, queue).await?;
         let mut keep = Vec::new();
         let mut moved = 0;
-        loop {
-            let got = s
-                .get
-                .basic_get(
-                    names.dead.as_str().into(),
-                    BasicGetOptions { no_ack: false },
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            let Some(msg) = got else { break };
-            let d = msg.delivery;
-            let mut job: JobEnvelope = serde_json::from_slice(&d.data).map_err(|e| {
-                BrokerError::Unavailable(format!("rabbitmq: undecodable dead job: {e}"))
-            })?;
+        while let Some((d, mut job)) = next_dead(&s, &names).await? {
             if ids.is_some_and(|ids| !ids.contains(&job.id)) {
                 keep.push(d.delivery_tag);
                 continue;
