@@ -619,3 +619,81 @@ async fn cancel_running_and_waiting_jobs() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains("404"), "{err}");
 }
+
+/// RabbitMQ goes away mid-run (a proxy in front of it cuts every connection for 2 s): the
+/// API answers 503 problem+json for new submissions, never a 2xx it cannot keep; the worker
+/// backs off and resumes; every accepted job succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_outage_gets_503_and_loses_nothing() {
+    let proxy = support::TcpProxy::start("127.0.0.1:5672").await;
+    let queue = format!(
+        "outage-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    let dev = start(
+        dir.path(),
+        &[("FERRY_BROKER_URL", url), ("FERRY_QUEUES", queue.clone())],
+    );
+    let client = reqwest::Client::new();
+    let submit = |n: usize| {
+        let client = client.clone();
+        let url = format!("{}/v1/queues/{queue}/jobs/batch", dev.base);
+        async move {
+            let jobs: Vec<Value> = (0..n)
+                .map(|_| json!({"kind": "sleep", "payload": {"ms": 20}}))
+                .collect();
+            let resp = client
+                .post(url)
+                .json(&json!({ "jobs": jobs }))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            let ctype = resp.headers()["content-type"].to_str().unwrap().to_owned();
+            let body: Value = resp.json().await.unwrap();
+            (status, ctype, body)
+        }
+    };
+    let ids_of = |body: &Value| -> Vec<String> {
+        body["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, _, body) = submit(200).await;
+    assert_eq!(status, 202);
+    let mut accepted = ids_of(&body);
+    // Let the worker get going, then take RabbitMQ away.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.down();
+    let (status, ctype, body) = submit(10).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(ctype, "application/problem+json");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.up();
+    // Accepted again once it is back (the broker reconnects on the next call).
+    let start_up = Instant::now();
+    loop {
+        let (status, _, body) = submit(50).await;
+        if status == 202 {
+            accepted.extend(ids_of(&body));
+            break;
+        }
+        assert!(
+            start_up.elapsed() < Duration::from_secs(20),
+            "still refused after RabbitMQ came back: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: HashMap<String, usize> = accepted
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| (id, i))
+        .collect();
+    assert_eq!(ids.len(), 250);
+    assert_all_succeed(&client, &dev.base, &ids).await;
+}
