@@ -120,6 +120,18 @@ async fn known_keys(state: &AppState, jobs: &[JobEnvelope]) -> Vec<Option<JobId>
             tracing::warn!(error = %e, "idempotency keys checked by the broker only: the store did not answer");
         }
     }
+    // Within one request, a key's later jobs are duplicates of its first (whether or not
+    // the broker deduplicates keys itself).
+    let mut first: HashMap<&(Option<Tenant>, IdempotencyKey), JobId> = HashMap::new();
+    for (i, k) in &keyed {
+        match first.get(k) {
+            Some(id) if out[*i].is_none() => out[*i] = Some(*id),
+            Some(_) => {}
+            None => {
+                first.insert(k, out[*i].unwrap_or(jobs[*i].id));
+            }
+        }
+    }
     out
 }
 

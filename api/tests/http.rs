@@ -210,6 +210,23 @@ async fn idempotency_keys_are_unique_per_tenant() {
         async move { b.stats(&q).await.unwrap().ready }
     };
     assert_eq!((ready("orders").await, ready("refunds").await), (2, 0));
+    // Within one batch, a key's second job is a replay of its first.
+    let (status, _, batch) = call(
+        &app,
+        post(
+            "/v1/queues/orders/jobs/batch",
+            r#"{"jobs":[{"kind":"noop","tenant":"initech","idempotency_key":"k1"},
+                        {"kind":"noop","tenant":"initech","idempotency_key":"k1"}]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(batch["jobs"][0]["id"], batch["jobs"][1]["id"]);
+    assert_eq!(
+        (&batch["jobs"][0]["replayed"], &batch["jobs"][1]["replayed"]),
+        (&serde_json::json!(false), &serde_json::json!(true))
+    );
+    assert_eq!(ready("orders").await, 3);
 
     let (_, _, job) = call(
         &app,
