@@ -55,8 +55,32 @@ pub(crate) async fn broker(url: &BrokerUrl) -> anyhow::Result<Arc<dyn Broker>> {
             "FERRY_BROKER_URL: this ferry was built without the amqp feature".into(),
         )
         .into()),
+        #[cfg(feature = "kafka")]
+        BrokerUrl::Kafka(url) => {
+            use ferry_broker_kafka::{ConnectError as KafkaError, KafkaBroker, KafkaBrokerConfig};
+            let env = ferry_config::KafkaConfig::from_env(&ferry_config::ProcessEnv)?;
+            let config = KafkaBrokerConfig {
+                group: env.group,
+                partitions: env.partitions,
+                replication: env.replication,
+                session_timeout: env.session_timeout,
+                ..KafkaBrokerConfig::new(url)
+            };
+            match KafkaBroker::connect(config).await {
+                Ok(b) => Ok(Arc::new(b)),
+                Err(e @ KafkaError::InvalidUrl(_)) => {
+                    Err(UsageError(format!("FERRY_BROKER_URL: {e}")).into())
+                }
+                Err(e) => Err(anyhow::anyhow!("FERRY_BROKER_URL: {e}")),
+            }
+        }
+        #[cfg(not(feature = "kafka"))]
+        BrokerUrl::Kafka(_) => Err(UsageError(
+            "FERRY_BROKER_URL: this ferry was built without the kafka feature".into(),
+        )
+        .into()),
         BrokerUrl::Other { scheme, url } => Err(UsageError(format!(
-            "FERRY_BROKER_URL={url:?}: the {scheme} broker is not part of this build yet; use sqlite://PATH (the default), redis://HOST or amqp://HOST"
+            "FERRY_BROKER_URL={url:?}: the {scheme} broker is not part of this build yet; use sqlite://PATH (the default), redis://HOST, amqp://HOST or kafka://HOST:PORT"
         ))
         .into()),
     }

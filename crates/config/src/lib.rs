@@ -75,8 +75,9 @@ pub enum BrokerUrl {
     Redis(String),
     /// `amqp://user:pass@host[:port]/vhost` (RabbitMQ).
     Amqp(String),
-    /// `amqps://...`, `kafka://...`: recognised, served by broker code that is not part of
-    /// this build yet.
+    /// `kafka://host:port[,host:port...]` (bootstrap servers, plaintext).
+    Kafka(String),
+    /// `amqps://...`: recognised, served by broker code that is not part of this build yet.
     Other { scheme: String, url: String },
 }
 
@@ -122,7 +123,8 @@ impl BrokerUrl {
             "sqlite" => Ok(Self::Sqlite(sqlite_path(VAR, url, &rest)?)),
             "redis" | "rediss" => Ok(Self::Redis(url.into())),
             "amqp" => Ok(Self::Amqp(url.into())),
-            "amqps" | "kafka" => Ok(Self::Other {
+            "kafka" => Ok(Self::Kafka(url.into())),
+            "amqps" => Ok(Self::Other {
                 scheme,
                 url: url.into(),
             }),
@@ -335,6 +337,48 @@ impl RedisConfig {
     }
 }
 
+/// How a Kafka broker's processes share work (used when `FERRY_BROKER_URL` is `kafka://`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// `FERRY_KAFKA_GROUP` (default `ferry`): the consumer group; every worker process of one
+    /// pool uses the same, and a queue's partitions are spread over them.
+    pub group: String,
+    /// `FERRY_KAFKA_PARTITIONS` (default 4): partitions of a new queue's work topic; the most
+    /// worker processes that can share one queue.
+    pub partitions: i32,
+    /// `FERRY_KAFKA_REPLICATION` (default 1): replication factor of new topics.
+    pub replication: i32,
+    /// `FERRY_KAFKA_SESSION_TIMEOUT_MS` (default 10000): how long the group waits for a
+    /// silent worker before its partitions (and their unfinished jobs) go to the others.
+    pub session_timeout: Duration,
+}
+
+impl KafkaConfig {
+    /// # Errors
+    /// On a malformed variable.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let positive = |var: &'static str, default: i32| -> Result<i32, ConfigError> {
+            let n: i32 = parsed(env, var, default, "a whole number from 1")?;
+            if n < 1 {
+                return Err(ConfigError {
+                    var,
+                    value: n.to_string(),
+                    reason: "must be at least 1".into(),
+                });
+            }
+            Ok(n)
+        };
+        Ok(Self {
+            group: env
+                .get("FERRY_KAFKA_GROUP")
+                .unwrap_or_else(|| "ferry".into()),
+            partitions: positive("FERRY_KAFKA_PARTITIONS", 4)?,
+            replication: positive("FERRY_KAFKA_REPLICATION", 1)?,
+            session_timeout: millis(env, "FERRY_KAFKA_SESSION_TIMEOUT_MS", 10_000)?,
+        })
+    }
+}
+
 /// The built-in `http` handler.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HttpTargetConfig {
@@ -462,6 +506,10 @@ mod tests {
             !format!("{h:?}").contains("s3cret"),
             "the secret is never printed"
         );
+        let k = KafkaConfig::from_env(&env(&[])).unwrap();
+        assert_eq!((k.group.as_str(), k.partitions), ("ferry", 4));
+        let e = KafkaConfig::from_env(&env(&[("FERRY_KAFKA_PARTITIONS", "0")])).unwrap_err();
+        assert_eq!(e.var, "FERRY_KAFKA_PARTITIONS");
         let bad = env(&[("FERRY_HTTP_BREAKER_FAILURES", "many")]);
         assert_eq!(
             HttpTargetConfig::from_env(&bad).unwrap_err().var,
@@ -479,8 +527,12 @@ mod tests {
             BrokerUrl::parse("redis://127.0.0.1:6379").unwrap(),
             BrokerUrl::Redis("redis://127.0.0.1:6379".into())
         );
-        assert!(matches!(
+        assert_eq!(
             BrokerUrl::parse("kafka://127.0.0.1:9092").unwrap(),
+            BrokerUrl::Kafka("kafka://127.0.0.1:9092".into())
+        );
+        assert!(matches!(
+            BrokerUrl::parse("amqps://h").unwrap(),
             BrokerUrl::Other { .. }
         ));
         assert!(BrokerUrl::parse("127.0.0.1:6379").is_err());

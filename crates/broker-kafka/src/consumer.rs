@@ -1,0 +1,242 @@
+//! The consumer side: one group member per process, polled by a thread of its own. The
+//! thread turns fetched messages into buffered jobs, commits each partition up to its
+//! lowest unfinished offset, pauses partitions whose buffers are full, moves delay-step
+//! messages on when they have waited their step, and handles rebalances: a revoked
+//! partition's running jobs get a grace period to finish, then it is committed and
+//! forgotten (its unfinished jobs go to the next owner).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use ferry_core::UnixMillis;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::Notify;
+
+use crate::state::{State, Taken, Tp};
+use crate::topology::{Role, classify};
+use crate::wire;
+
+pub(crate) fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the poller thread, the rebalance callbacks and the broker's calls share.
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<State>,
+    /// Due work arrived (or a delay step's front became due): idle leasers wake.
+    pub(crate) ready: Notify,
+    /// Fetching progressed or a rebalance happened: leases waiting to catch up re-check.
+    pub(crate) progress: Notify,
+    pub(crate) stop: AtomicBool,
+    pub(crate) revoke_grace: Duration,
+    pub(crate) buffer_per_partition: usize,
+}
+
+/// The consumer's context: rebalance callbacks run on the poller thread, inside `poll`.
+pub(crate) struct Ctx {
+    pub(crate) shared: Weak<Shared>,
+}
+
+impl ClientContext for Ctx {}
+
+fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e| (Arc::from(e.topic()), e.partition()))
+        .collect()
+}
+
+fn commit_list(points: &[(Tp, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, p), offset) in points {
+        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*offset));
+    }
+    tpl
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let tps = tps_of(tpl);
+        // Running jobs of the revoked partitions may finish within the grace period; what is
+        // still running then goes to the next owner (it runs again: at least once).
+        let deadline = Instant::now() + shared.revoke_grace;
+        loop {
+            let busy = in_flight(&lock(&shared.state), &tps);
+            if busy == 0 || Instant::now() >= deadline || shared.stop.load(Ordering::Relaxed) {
+                if busy > 0 {
+                    tracing::warn!(
+                        jobs = busy,
+                        "kafka: partitions revoked with jobs still running; their next owner runs them again"
+                    );
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let points: Vec<(Tp, i64)> = {
+            let mut s = lock(&shared.state);
+            tps.iter()
+                .filter_map(|tp| s.revoke(tp).map(|o| (tp.clone(), o)))
+                .collect()
+        };
+        if !points.is_empty()
+            && let Err(e) = consumer.commit(&commit_list(&points), CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, "kafka: commit on revoke failed; the next owner re-runs finished jobs");
+        }
+        shared.progress.notify_waiters();
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut s = lock(&shared.state);
+                for tp in tps_of(tpl) {
+                    if let Some((queue, role)) = classify(&tp.0)
+                        && role != Role::Dead
+                    {
+                        s.assign(tp, queue);
+                    }
+                }
+                s.rebalances += 1;
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "kafka: rebalance failed"),
+        }
+        shared.progress.notify_waiters();
+    }
+}
+
+/// Offsets of these partitions that are open but not waiting in a buffer: leased, or
+/// being moved to another topic.
+fn in_flight(s: &State, tps: &[Tp]) -> usize {
+    tps.iter()
+        .filter_map(|tp| s.parts.get(tp))
+        .map(|p| p.open.len().saturating_sub(p.buffered.len()))
+        .sum()
+}
+
+/// A fetched message as the state takes it: the job (`None` if it is not one of ours) and
+/// the time it is held until.
+fn decode(topic: &str, payload: Option<&[u8]>) -> Option<(ferry_core::JobEnvelope, UnixMillis)> {
+    let (_, role) = classify(topic)?;
+    let bytes = payload?;
+    let out = match role {
+        Role::Work => wire::read_work(bytes).map(|j| (j, UnixMillis(0))),
+        Role::Step(_) => wire::read_held(bytes),
+        Role::Dead => return None,
+    };
+    match out {
+        Ok(o) => Some(o),
+        Err(e) => {
+            // Another producer wrote to the topic: nothing can run it, so it is skipped (and
+            // counts as finished) rather than blocking the partition's commits forever.
+            tracing::error!(topic, error = %e, "kafka: skipping a message that is not a Ferry job");
+            None
+        }
+    }
+}
+
+/// Where the poller sends delay-step fronts that must move on (the broker produces them).
+pub(crate) type Mover = Box<dyn Fn(Vec<Taken>) + Send>;
+
+/// The poller thread's loop; returns when `shared.stop` is set (after a last commit).
+pub(crate) fn run(consumer: &BaseConsumer<Ctx>, shared: &Shared, mover: &Mover) {
+    let mut last_tick = Instant::now();
+    let mut batch = Vec::with_capacity(1024);
+    while !shared.stop.load(Ordering::Relaxed) {
+        // Block briefly for the first message, then take what is already there.
+        let mut wait = Duration::from_millis(5);
+        while batch.len() < 2048 {
+            match consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    let tp: Tp = (Arc::from(m.topic()), m.partition());
+                    let job = decode(m.topic(), m.payload());
+                    batch.push((tp, m.offset(), job));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "kafka: consumer poll");
+                    break;
+                }
+                None => break,
+            }
+            wait = Duration::ZERO;
+        }
+        if !batch.is_empty() {
+            let mut woke = false;
+            {
+                let mut s = lock(&shared.state);
+                for (tp, offset, job) in batch.drain(..) {
+                    woke |= s.ingest(&tp, offset, job);
+                }
+            }
+            if woke {
+                shared.ready.notify_waiters();
+            }
+            shared.progress.notify_waiters();
+        }
+        if last_tick.elapsed() >= Duration::from_millis(20) {
+            last_tick = Instant::now();
+            tick(consumer, shared, mover);
+        }
+    }
+    let points = lock(&shared.state).commits();
+    if !points.is_empty()
+        && let Err(e) = consumer.commit(&commit_list(&points), CommitMode::Sync)
+    {
+        tracing::warn!(error = %e, "kafka: last commit failed");
+    }
+}
+
+/// Commits, flow control, delay-step moves and wake-ups for due delay-step fronts.
+fn tick(consumer: &BaseConsumer<Ctx>, shared: &Shared, mover: &Mover) {
+    let now = UnixMillis::now();
+    let (points, pause, resume, moves, due) = {
+        let mut s = lock(&shared.state);
+        let points = s.commits();
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        let cap = shared.buffer_per_partition;
+        for ((topic, p), part) in &mut s.parts {
+            if !part.paused && part.buffered.len() >= cap {
+                part.paused = true;
+                let _ = pause.add_partition(topic, *p);
+            } else if part.paused && part.buffered.len() < cap / 2 {
+                part.paused = false;
+                let _ = resume.add_partition(topic, *p);
+            }
+        }
+        let moves = s.take_moves(now);
+        let due = s.next_hold().is_some_and(|t| t <= now) && s.has_due(|_| true, now);
+        (points, pause, resume, moves, due)
+    };
+    if !points.is_empty()
+        && let Err(e) = consumer.commit(&commit_list(&points), CommitMode::Async)
+    {
+        tracing::debug!(error = %e, "kafka: commit");
+    }
+    if pause.count() > 0 {
+        let _ = consumer.pause(&pause);
+    }
+    if resume.count() > 0 {
+        let _ = consumer.resume(&resume);
+    }
+    if !moves.is_empty() {
+        mover(moves);
+    }
+    if due {
+        shared.ready.notify_waiters();
+    }
+}
