@@ -181,6 +181,22 @@ async fn rabbitmq_thousand_jobs_then_sigkill_loses_nothing() {
     .await;
 }
 
+/// The same on Kafka (`FERRY_TEST_KAFKA_URL`, default the local tansu): the killed process's
+/// uncommitted offsets go to its successor in the group once its session times out. One
+/// group across runs, so each run starts where the last one committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_thousand_jobs_then_sigkill_loses_nothing() {
+    let url =
+        std::env::var("FERRY_TEST_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into());
+    thousand_jobs_then_sigkill_loses_nothing(&[
+        ("FERRY_BROKER_URL", url),
+        ("FERRY_QUEUES", "e2e".into()),
+        ("FERRY_KAFKA_GROUP", "ferry-e2e".into()),
+        ("FERRY_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
+    ])
+    .await;
+}
+
 async fn thousand_jobs_then_sigkill_loses_nothing(env: &[(&str, String)]) {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
