@@ -134,9 +134,10 @@ impl KafkaBroker {
     /// # Errors
     /// A malformed URL, or a cluster that cannot be reached (one clear line each).
     pub async fn connect(config: KafkaBrokerConfig) -> Result<Self, ConnectError> {
+        let shown = ferry_core::redacted_url(&config.url);
         let bootstrap = config
             .bootstrap()
-            .map_err(|e| ConnectError::InvalidUrl(format!("{}: {e}", config.url)))?;
+            .map_err(|e| ConnectError::InvalidUrl(format!("{shown}: {e}")))?;
         let invalid = |e: rdkafka::error::KafkaError| ConnectError::InvalidUrl(e.to_string());
         let mut common = ClientConfig::new();
         common
@@ -191,10 +192,7 @@ impl KafkaBroker {
                 Err(e) => Some(e.to_string()),
             };
             if let Some(reason) = reason {
-                return Err(ConnectError::Unreachable {
-                    url: config.url.clone(),
-                    reason,
-                });
+                return Err(ConnectError::Unreachable { url: shown, reason });
             }
         }
         let inner = Arc::new(Inner {

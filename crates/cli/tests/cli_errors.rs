@@ -36,11 +36,8 @@ fn bad_configuration_is_one_line_and_exit_2() {
     assert_one_line(c, &e, "FERRY_LISTEN=\"nope\"");
     let (c, e) = ferry(&["worker"], &[("FERRY_BROKER_URL", "mongo://x")]);
     assert_one_line(c, &e, "unknown broker scheme 'mongo'");
-    let (c, e) = ferry(
-        &["worker"],
-        &[("FERRY_BROKER_URL", "kafka://127.0.0.1:9092")],
-    );
-    assert_one_line(c, &e, "the kafka broker is not part of this build yet");
+    let (c, e) = ferry(&["worker"], &[("FERRY_BROKER_URL", "amqps://h/%2f")]);
+    assert_one_line(c, &e, "the amqps broker is not part of this build yet");
     let (c, e) = ferry(
         &["worker"],
         &[("FERRY_BROKER_URL", "amqp://127.0.0.1:5672")],
@@ -139,6 +136,34 @@ fn bad_amqp_urls_are_one_line_not_a_hang() {
         ],
     );
     assert_one_line_exit(1, c, &e, "cannot reach RabbitMQ");
+}
+
+#[test]
+fn bad_kafka_urls_are_one_line_not_a_hang() {
+    let (c, e) = ferry(
+        &["worker"],
+        &[("FERRY_BROKER_URL", "kafka://ferry:s3cret@127.0.0.1:9092")],
+    );
+    assert_one_line(c, &e, "SASL is not part of this build");
+    assert!(!e.contains("s3cret"));
+    let (c, e) = ferry(
+        &["worker"],
+        &[("FERRY_BROKER_URL", "kafka://127.0.0.1:1/jobs")],
+    );
+    assert_one_line(c, &e, "not a valid kafka URL");
+    let (c, e) = ferry(
+        &["worker"],
+        &[
+            ("FERRY_BROKER_URL", "kafka://127.0.0.1:9092"),
+            ("FERRY_KAFKA_PARTITIONS", "0"),
+        ],
+    );
+    assert_one_line(c, &e, "FERRY_KAFKA_PARTITIONS");
+    // Nothing listens on port 1: one line within the connect timeout, exit 1.
+    let start = std::time::Instant::now();
+    let (c, e) = ferry(&["worker"], &[("FERRY_BROKER_URL", "kafka://127.0.0.1:1")]);
+    assert_one_line_exit(1, c, &e, "cannot reach Kafka at kafka://127.0.0.1:1");
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
 }
 
 #[test]

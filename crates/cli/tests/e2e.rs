@@ -642,16 +642,37 @@ async fn cancel_running_and_waiting_jobs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_outage_gets_503_and_loses_nothing() {
     let proxy = support::TcpProxy::start("127.0.0.1:5672").await;
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    broker_outage_gets_503_and_loses_nothing(&proxy, &[("FERRY_BROKER_URL", url)]).await;
+}
+
+/// The same on Kafka: a private tansu advertises the proxy's port, so that every connection
+/// of the clients (bootstrap and broker alike) goes through the proxy and is cut with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_outage_gets_503_and_loses_nothing() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy = support::TcpProxy::start(&format!("127.0.0.1:{port}")).await;
+    let _tansu = support::Tansu::start(port, proxy.port);
+    let url = format!("kafka://127.0.0.1:{}", proxy.port);
+    broker_outage_gets_503_and_loses_nothing(&proxy, &[("FERRY_BROKER_URL", url)]).await;
+}
+
+async fn broker_outage_gets_503_and_loses_nothing(
+    proxy: &support::TcpProxy,
+    env: &[(&str, String)],
+) {
     let queue = format!(
         "outage-{}",
         &uuid::Uuid::now_v7().simple().to_string()[20..]
     );
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
-    let dev = start(
-        dir.path(),
-        &[("FERRY_BROKER_URL", url), ("FERRY_QUEUES", queue.clone())],
-    );
+    let mut env = env.to_vec();
+    env.push(("FERRY_QUEUES", queue.clone()));
+    let dev = start(dir.path(), &env);
     let client = reqwest::Client::new();
     let submit = |n: usize| {
         let client = client.clone();
@@ -683,7 +704,7 @@ async fn rabbitmq_outage_gets_503_and_loses_nothing() {
     let (status, _, body) = submit(200).await;
     assert_eq!(status, 202);
     let mut accepted = ids_of(&body);
-    // Let the worker get going, then take RabbitMQ away.
+    // Let the worker get going, then take the broker away.
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.down();
     let (status, ctype, body) = submit(10).await;
@@ -701,7 +722,7 @@ async fn rabbitmq_outage_gets_503_and_loses_nothing() {
         }
         assert!(
             start_up.elapsed() < Duration::from_secs(20),
-            "still refused after RabbitMQ came back: {body}"
+            "still refused after the broker came back: {body}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

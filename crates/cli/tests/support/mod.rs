@@ -311,6 +311,44 @@ impl Drop for Dev {
 /// A TCP proxy in front of a server, for taking the server away and bringing it back without
 /// touching it (it may be shared by other tests). `down` cuts every connection and refuses
 /// new ones; `up` accepts again.
+/// A private tansu (Kafka-protocol broker, in memory) listening on `port` and telling
+/// clients to connect to `advertised` (a proxy in front of it). Killed on drop.
+pub struct Tansu {
+    child: std::process::Child,
+}
+
+impl Tansu {
+    pub fn start(port: u16, advertised: u16) -> Self {
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{advertised}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tansu (scripts/test installs it)");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < until, "tansu did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { child }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub struct TcpProxy {
     pub port: u16,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
