@@ -106,16 +106,22 @@ pub struct KafkaBroker {
     _guard: Arc<Guard>,
 }
 
-/// Stops the poller thread (after its last commit) and the reaper when the last clone goes.
+/// Stops the reaper and the poller thread when the last clone goes, and waits for the
+/// poller's last commit and its leaving the group: a member that vanishes without leaving
+/// holds up the group's next rebalance until its session times out.
 struct Guard {
     shared: Arc<Shared>,
     reaper: tokio::task::JoinHandle<()>,
+    poller: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.reaper.abort();
+        if let Some(p) = self.poller.take() {
+            let _ = p.join();
+        }
     }
 }
 
@@ -208,7 +214,7 @@ impl KafkaBroker {
             cancels: tokio::sync::broadcast::channel(16).0,
             config,
         });
-        start_poller(&inner, consumer);
+        let poller = start_poller(&inner, consumer);
         let reaper = {
             let weak = Arc::downgrade(&inner);
             tokio::spawn(async move {
@@ -221,13 +227,22 @@ impl KafkaBroker {
         };
         Ok(Self {
             inner,
-            _guard: Arc::new(Guard { shared, reaper }),
+            _guard: Arc::new(Guard {
+                shared,
+                reaper,
+                poller: Some(poller),
+            }),
         })
     }
 }
 
-/// The poller thread; delay-step moves it finds are produced on the runtime.
-fn start_poller(inner: &Arc<Inner>, consumer: Arc<BaseConsumer<Ctx>>) {
+/// The poller thread; delay-step moves it finds are produced on the runtime. The thread
+/// holds the consumer's last reference once the broker is gone, so leaving the group
+/// (closing the consumer) happens before the thread ends.
+fn start_poller(
+    inner: &Arc<Inner>,
+    consumer: Arc<BaseConsumer<Ctx>>,
+) -> std::thread::JoinHandle<()> {
     let shared = inner.shared.clone();
     let rt = tokio::runtime::Handle::current();
     let weak = Arc::downgrade(inner);
@@ -241,8 +256,14 @@ fn start_poller(inner: &Arc<Inner>, consumer: Arc<BaseConsumer<Ctx>>) {
     });
     std::thread::Builder::new()
         .name("ferry-kafka-poller".into())
-        .spawn(move || consumer::run(&consumer, &shared, &mover))
-        .expect("spawn the kafka poller thread");
+        .spawn(move || {
+            consumer::run(&consumer, &shared, &mover);
+            drop(mover);
+            // The broker's own reference went with it (fields drop before the guard); a
+            // move still in flight may hold the last one a moment longer.
+            drop(consumer);
+        })
+        .expect("spawn the kafka poller thread")
 }
 
 impl Inner {
