@@ -5,11 +5,13 @@
 //! partition's running jobs get a grace period to finish, then it is committed and
 //! forgotten (its unfinished jobs go to the next owner).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use ferry_core::UnixMillis;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -33,6 +35,7 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     pub(crate) revoke_grace: Duration,
     pub(crate) buffer_per_partition: usize,
+    pub(crate) wake: Arc<Wake>,
 }
 
 /// The consumer's context: rebalance callbacks run on the poller thread, inside `poll`.
@@ -152,29 +155,99 @@ fn decode(topic: &str, payload: Option<&[u8]>) -> Option<(ferry_core::JobEnvelop
 /// Where the poller sends delay-step fronts that must move on (the broker produces them).
 pub(crate) type Mover = Box<dyn Fn(Vec<Taken>) + Send>;
 
+/// Wakes the poller thread when one of its queues gets a message or an event.
+#[derive(Default)]
+pub(crate) struct Wake {
+    flag: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Wake {
+    pub(crate) fn notify(&self) {
+        *self.flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.cv.notify_one();
+    }
+
+    fn wait(&self, at_most: Duration) {
+        let mut woken = self.flag.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*woken {
+            woken = self
+                .cv
+                .wait_timeout(woken, at_most)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *woken = false;
+    }
+}
+
+type Fetched = (Tp, i64, Option<(ferry_core::JobEnvelope, UnixMillis)>);
+
+fn fetched(m: &rdkafka::message::BorrowedMessage<'_>) -> Fetched {
+    let tp: Tp = (Arc::from(m.topic()), m.partition());
+    (tp, m.offset(), decode(m.topic(), m.payload()))
+}
+
 /// The poller thread's loop; returns when `shared.stop` is set (after a last commit).
-pub(crate) fn run(consumer: &BaseConsumer<Ctx>, shared: &Shared, mover: &Mover) {
+///
+/// Each owned partition's messages come through a queue of its own, read only while that
+/// partition's buffer has room: a full buffer stops its fetching without `pause` (librdkafka
+/// resumes a paused partition at the application's position, which can fall inside a
+/// batch, where tansu serves nothing).
+pub(crate) fn run(consumer: &Arc<BaseConsumer<Ctx>>, shared: &Shared, mover: &Mover) {
     let mut last_tick = Instant::now();
-    let mut batch = Vec::with_capacity(1024);
+    let mut last_dump = Instant::now();
+    let mut batch: Vec<Fetched> = Vec::with_capacity(1024);
+    // Per owned partition: the assignment (epoch) its queue was split for, and the queue.
+    let mut queues: HashMap<Tp, (u64, PartitionQueue<Ctx>)> = HashMap::new();
+    let cap = shared.buffer_per_partition;
     while !shared.stop.load(Ordering::Relaxed) {
-        // Block briefly for the first message, then take what is already there.
-        let mut wait = Duration::from_millis(5);
+        // Events (rebalances, errors), and messages fetched before their partition's split.
         while batch.len() < 2048 {
-            match consumer.poll(wait) {
-                Some(Ok(m)) => {
-                    let tp: Tp = (Arc::from(m.topic()), m.partition());
-                    let job = decode(m.topic(), m.payload());
-                    batch.push((tp, m.offset(), job));
-                }
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => batch.push(fetched(&m)),
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "kafka: consumer poll");
                     break;
                 }
                 None => break,
             }
-            wait = Duration::ZERO;
         }
-        if !batch.is_empty() {
+        let room: Vec<(Tp, u64, usize)> = {
+            let s = lock(&shared.state);
+            s.parts
+                .iter()
+                .map(|(tp, p)| (tp.clone(), p.epoch, cap.saturating_sub(p.buffered.len())))
+                .collect()
+        };
+        queues.retain(|tp, (epoch, _)| room.iter().any(|(t, e, _)| t == tp && e == epoch));
+        for (tp, epoch, free) in &room {
+            if !queues.contains_key(tp) {
+                let Some(mut q) = consumer.split_partition_queue(&tp.0, tp.1) else {
+                    continue;
+                };
+                let wake = shared.wake.clone();
+                q.set_nonempty_callback(move || wake.notify());
+                queues.insert(tp.clone(), (*epoch, q));
+            }
+            let (_, q) = &queues[tp];
+            let mut n = 0;
+            while n < (*free).min(2048) {
+                match q.poll(Duration::ZERO) {
+                    Some(Ok(m)) => {
+                        batch.push(fetched(&m));
+                        n += 1;
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "kafka: partition poll");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        let idle = batch.is_empty();
+        if !idle {
             let mut woke = false;
             {
                 let mut s = lock(&shared.state);
@@ -191,7 +264,16 @@ pub(crate) fn run(consumer: &BaseConsumer<Ctx>, shared: &Shared, mover: &Mover) 
             last_tick = Instant::now();
             tick(consumer, shared, mover);
         }
+        if last_dump.elapsed() >= Duration::from_secs(2) && tracing::enabled!(tracing::Level::DEBUG)
+        {
+            last_dump = Instant::now();
+            dump(shared);
+        }
+        if idle {
+            shared.wake.wait(Duration::from_millis(5));
+        }
     }
+    drop(queues);
     let points = lock(&shared.state).commits();
     if !points.is_empty()
         && let Err(e) = consumer.commit(&commit_list(&points), CommitMode::Sync)
@@ -200,38 +282,37 @@ pub(crate) fn run(consumer: &BaseConsumer<Ctx>, shared: &Shared, mover: &Mover) 
     }
 }
 
-/// Commits, flow control, delay-step moves and wake-ups for due delay-step fronts.
+fn dump(shared: &Shared) {
+    let s = lock(&shared.state);
+    for ((topic, p), part) in &s.parts {
+        tracing::debug!(
+            topic = &**topic,
+            partition = p,
+            buffered = part.buffered.len(),
+            open = part.open.len(),
+            next = ?part.next,
+            committed = ?part.committed,
+            produced = ?s.produced.get(&(topic.clone(), *p)),
+            "kafka: partition"
+        );
+    }
+    tracing::debug!(held = s.held.len(), "kafka: leases");
+}
+
+/// Commits, delay-step moves and wake-ups for due delay-step fronts.
 fn tick(consumer: &BaseConsumer<Ctx>, shared: &Shared, mover: &Mover) {
     let now = UnixMillis::now();
-    let (points, pause, resume, moves, due) = {
+    let (points, moves, due) = {
         let mut s = lock(&shared.state);
         let points = s.commits();
-        let mut pause = TopicPartitionList::new();
-        let mut resume = TopicPartitionList::new();
-        let cap = shared.buffer_per_partition;
-        for ((topic, p), part) in &mut s.parts {
-            if !part.paused && part.buffered.len() >= cap {
-                part.paused = true;
-                let _ = pause.add_partition(topic, *p);
-            } else if part.paused && part.buffered.len() < cap / 2 {
-                part.paused = false;
-                let _ = resume.add_partition(topic, *p);
-            }
-        }
         let moves = s.take_moves(now);
         let due = s.next_hold().is_some_and(|t| t <= now) && s.has_due(|_| true, now);
-        (points, pause, resume, moves, due)
+        (points, moves, due)
     };
     if !points.is_empty()
         && let Err(e) = consumer.commit(&commit_list(&points), CommitMode::Async)
     {
         tracing::debug!(error = %e, "kafka: commit");
-    }
-    if pause.count() > 0 {
-        let _ = consumer.pause(&pause);
-    }
-    if resume.count() > 0 {
-        let _ = consumer.resume(&resume);
     }
     if !moves.is_empty() {
         mover(moves);

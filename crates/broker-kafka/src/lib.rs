@@ -112,16 +112,16 @@ pub struct KafkaBroker {
 struct Guard {
     shared: Arc<Shared>,
     reaper: tokio::task::JoinHandle<()>,
-    poller: Option<std::thread::JoinHandle<()>>,
+    /// Says when the poller thread has ended.
+    poller_done: Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.reaper.abort();
-        if let Some(p) = self.poller.take() {
-            let _ = p.join();
-        }
+        // Bounded: a cluster that does not answer must not hang the process on exit.
+        let _ = lock_std(&self.poller_done).recv_timeout(Duration::from_secs(10));
     }
 }
 
@@ -150,6 +150,10 @@ impl KafkaBroker {
             .set("bootstrap.servers", &bootstrap)
             .set("socket.keepalive.enable", "true")
             .set("log_level", "3");
+        if let Ok(contexts) = std::env::var("FERRY_KAFKA_DEBUG") {
+            // librdkafka's own debug contexts (e.g. `cgrp,fetch`), logged at debug level.
+            common.set("debug", contexts).set("log_level", "7");
+        }
         let producer: FutureProducer = common
             .clone()
             .set("acks", "all")
@@ -166,8 +170,9 @@ impl KafkaBroker {
             stop: AtomicBool::new(false),
             revoke_grace: config.revoke_grace,
             buffer_per_partition: config.buffer_per_partition,
+            wake: Arc::default(),
         });
-        let consumer: BaseConsumer<Ctx> = common
+        let mut consumer: BaseConsumer<Ctx> = common
             .clone()
             .set("group.id", &config.group)
             .set("enable.auto.commit", "false")
@@ -176,6 +181,12 @@ impl KafkaBroker {
             .set("allow.auto.create.topics", "false")
             .set("session.timeout.ms", ms(config.session_timeout))
             .set("heartbeat.interval.ms", ms(config.session_timeout / 4))
+            // The poller polls all the time, so a short bound is safe; it is also how long a
+            // rebalance waits for members that do not rejoin.
+            .set(
+                "max.poll.interval.ms",
+                ms(config.session_timeout.max(Duration::from_secs(10)) * 3),
+            )
             .set("fetch.wait.max.ms", ms(config.fetch_wait))
             .set("queued.max.messages.kbytes", "16384")
             .set("partition.assignment.strategy", "cooperative-sticky")
@@ -183,6 +194,11 @@ impl KafkaBroker {
                 shared: Arc::downgrade(&shared),
             })
             .map_err(invalid)?;
+        {
+            // Rebalances and errors arrive on the main queue: they wake the poller too.
+            let wake = shared.wake.clone();
+            consumer.set_nonempty_callback(move || wake.notify());
+        }
         let consumer = Arc::new(consumer);
         // The cluster answers, or we say so now rather than at the first job.
         {
@@ -230,7 +246,7 @@ impl KafkaBroker {
             _guard: Arc::new(Guard {
                 shared,
                 reaper,
-                poller: Some(poller),
+                poller_done: Mutex::new(poller),
             }),
         })
     }
@@ -242,7 +258,7 @@ impl KafkaBroker {
 fn start_poller(
     inner: &Arc<Inner>,
     consumer: Arc<BaseConsumer<Ctx>>,
-) -> std::thread::JoinHandle<()> {
+) -> std::sync::mpsc::Receiver<()> {
     let shared = inner.shared.clone();
     let rt = tokio::runtime::Handle::current();
     let weak = Arc::downgrade(inner);
@@ -254,6 +270,7 @@ fn start_poller(
             }
         });
     });
+    let (done, poller_done) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("ferry-kafka-poller".into())
         .spawn(move || {
@@ -262,8 +279,10 @@ fn start_poller(
             // The broker's own reference went with it (fields drop before the guard); a
             // move still in flight may hold the last one a moment longer.
             drop(consumer);
+            let _ = done.send(());
         })
-        .expect("spawn the kafka poller thread")
+        .expect("spawn the kafka poller thread");
+    poller_done
 }
 
 impl Inner {
@@ -437,7 +456,7 @@ impl Inner {
     /// Produces and records where each message landed (a lease then waits for the fetcher
     /// to catch up with this process's own produces).
     async fn produce(&self, msgs: &[Out]) -> BrokerResult<Vec<Landed>> {
-        let landed = produce(&self.producer, msgs).await?;
+        let landed = produce(&self.producer, msgs, self.config.produce_timeout).await?;
         let mut s = lock(&self.shared.state);
         for (m, l) in msgs.iter().zip(&landed) {
             s.note_produced((Arc::from(m.topic.as_str()), l.partition), l.offset);
@@ -495,14 +514,19 @@ impl Inner {
         }
     }
 
-    /// Waits (bounded) until the fetcher has caught up with what this process produced to
-    /// the selected queues, when nothing is waiting to be handed out.
-    async fn catch_up(&self, wanted: &(impl Fn(&QueueName) -> bool + Sync)) {
+    /// Waits (bounded) until the fetcher has caught up with what this process had produced
+    /// to the selected queues when the lease began (not with later produces: a steady
+    /// stream would keep it waiting), unless `max` jobs are already waiting.
+    async fn catch_up(&self, wanted: &(impl Fn(&QueueName) -> bool + Sync), max: usize) {
+        let targets = lock(&self.shared.state).behind(wanted);
+        if targets.is_empty() {
+            return;
+        }
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
             {
                 let s = lock(&self.shared.state);
-                if s.has_due(wanted, UnixMillis::now()) || !s.behind(wanted) {
+                if s.reached(&targets) || s.due_count(wanted, UnixMillis::now(), max) >= max {
                     return;
                 }
             }
@@ -690,7 +714,7 @@ impl Broker for KafkaBroker {
         inner.subscribe(&names).await?;
         inner.reap();
         let wanted = |q: &QueueName| names.contains(q);
-        inner.catch_up(&wanted).await;
+        inner.catch_up(&wanted, max).await;
         let now = UnixMillis::now();
         let expires = Instant::now() + lease_for;
         let mut s = lock(&inner.shared.state);

@@ -40,7 +40,12 @@ async fn landed(f: DeliveryFuture) -> BrokerResult<Landed> {
 }
 
 /// Produces all of `msgs`, in order per partition; one result per message, in order.
-pub(crate) async fn produce(p: &FutureProducer, msgs: &[Out]) -> BrokerResult<Vec<Landed>> {
+pub(crate) async fn produce(
+    p: &FutureProducer,
+    msgs: &[Out],
+    timeout: std::time::Duration,
+) -> BrokerResult<Vec<Landed>> {
+    let deadline = std::time::Instant::now() + timeout;
     let mut pending: VecDeque<DeliveryFuture> = VecDeque::with_capacity(msgs.len());
     let mut out = Vec::with_capacity(msgs.len());
     for m in msgs {
@@ -62,6 +67,14 @@ pub(crate) async fn produce(p: &FutureProducer, msgs: &[Out]) -> BrokerResult<Ve
                     rec = back;
                     match pending.pop_front() {
                         Some(f) => out.push(landed(f).await?),
+                        // Full of other callers' messages: they drain within the produce
+                        // timeout, or the cluster is not taking any.
+                        None if std::time::Instant::now() >= deadline => {
+                            return Err(BrokerError::Unavailable(
+                                "kafka: the producer queue stayed full (is the cluster down?)"
+                                    .into(),
+                            ));
+                        }
                         None => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
                     }
                 }

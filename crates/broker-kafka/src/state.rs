@@ -36,7 +36,6 @@ pub(crate) struct Part {
     pub(crate) next: Option<i64>,
     /// The commit point last sent to the group.
     pub(crate) committed: Option<i64>,
-    pub(crate) paused: bool,
 }
 
 impl Part {
@@ -91,7 +90,6 @@ impl State {
             open: BTreeSet::new(),
             next: None,
             committed: None,
-            paused: false,
         });
     }
 
@@ -203,6 +201,25 @@ impl State {
         })
     }
 
+    /// How many jobs of the selection could be handed out now, counting up to `limit`.
+    pub(crate) fn due_count(
+        &self,
+        wanted: impl Fn(&QueueName) -> bool,
+        now: UnixMillis,
+        limit: usize,
+    ) -> usize {
+        let mut n = 0;
+        for p in self.parts.values().filter(|p| wanted(&p.queue)) {
+            for b in &p.buffered {
+                if n >= limit || b.hold_until > now || b.job.run_at > now {
+                    break;
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The earliest instant a delay step's front will be due.
     pub(crate) fn next_hold(&self) -> Option<UnixMillis> {
         self.parts
@@ -270,15 +287,25 @@ impl State {
         *e = (*e).max(offset + 1);
     }
 
-    /// Partitions of the selection whose fetch is behind what this process produced to
-    /// them (a paused one resumes once its buffer drains).
-    pub(crate) fn behind(&self, wanted: impl Fn(&QueueName) -> bool) -> bool {
-        self.parts.iter().any(|(tp, p)| {
-            wanted(&p.queue)
-                && self
-                    .produced
-                    .get(tp)
-                    .is_some_and(|&end| p.next.unwrap_or(0) < end)
+    /// Owned partitions of the selection whose fetch is behind what this process has
+    /// produced to them, with the offset the fetch must reach.
+    pub(crate) fn behind(&self, wanted: impl Fn(&QueueName) -> bool) -> Vec<(Tp, i64)> {
+        self.parts
+            .iter()
+            .filter(|(_, p)| wanted(&p.queue))
+            .filter_map(|(tp, p)| {
+                let end = *self.produced.get(tp)?;
+                (p.next.unwrap_or(0) < end).then(|| (tp.clone(), end))
+            })
+            .collect()
+    }
+
+    /// Whether the fetch has reached these offsets (a partition no longer owned counts).
+    pub(crate) fn reached(&self, targets: &[(Tp, i64)]) -> bool {
+        targets.iter().all(|(tp, end)| {
+            self.parts
+                .get(tp)
+                .is_none_or(|p| p.next.unwrap_or(0) >= *end)
         })
     }
 }

@@ -176,7 +176,9 @@ pub(crate) async fn run(a: BenchArgs) -> anyhow::Result<()> {
         Some(u) => BrokerUrl::parse(u)?,
         None => BrokerUrl::Sqlite(tmp.join("broker.db")),
     };
-    let broker = open::broker(&broker_url).await?;
+    // A group of its own on Kafka: a bench must not join (and rebalance) a running pool.
+    let group = Some(format!("ferry-bench-{}", std::process::id()));
+    let broker = open::broker_in_group(&broker_url, group).await?;
     let store: Arc<dyn ferry_core::store::Store> = match (&a.database, a.store) {
         (Some(url), _) => open::store(&StoreUrl::parse(url)?, None).await?,
         (None, BenchStore::Sqlite) => {

@@ -23,6 +23,17 @@ fn redis_config(url: &str) -> anyhow::Result<RedisBrokerConfig> {
 }
 
 pub(crate) async fn broker(url: &BrokerUrl) -> anyhow::Result<Arc<dyn Broker>> {
+    broker_in_group(url, None).await
+}
+
+/// Opens the broker; on Kafka, `group` (when given) replaces `FERRY_KAFKA_GROUP`, so that a
+/// benchmark never joins (and rebalances) the pool of a running deployment.
+pub(crate) async fn broker_in_group(
+    url: &BrokerUrl,
+    group: Option<String>,
+) -> anyhow::Result<Arc<dyn Broker>> {
+    #[cfg(not(feature = "kafka"))]
+    let _ = group;
     match url {
         BrokerUrl::Sqlite(path) => {
             let b = SqliteBroker::open(SqliteBrokerConfig::new(path))
@@ -60,10 +71,11 @@ pub(crate) async fn broker(url: &BrokerUrl) -> anyhow::Result<Arc<dyn Broker>> {
             use ferry_broker_kafka::{ConnectError as KafkaError, KafkaBroker, KafkaBrokerConfig};
             let env = ferry_config::KafkaConfig::from_env(&ferry_config::ProcessEnv)?;
             let config = KafkaBrokerConfig {
-                group: env.group,
+                group: group.unwrap_or(env.group),
                 partitions: env.partitions,
                 replication: env.replication,
                 session_timeout: env.session_timeout,
+                fetch_wait: env.fetch_wait,
                 ..KafkaBrokerConfig::new(url)
             };
             match KafkaBroker::connect(config).await {

@@ -351,6 +351,10 @@ pub struct KafkaConfig {
     /// `FERRY_KAFKA_SESSION_TIMEOUT_MS` (default 10000): how long the group waits for a
     /// silent worker before its partitions (and their unfinished jobs) go to the others.
     pub session_timeout: Duration,
+    /// `FERRY_KAFKA_FETCH_WAIT_MS` (default 10): how long a fetch may wait at the broker for
+    /// new messages. Kafka answers as soon as a message arrives; tansu holds every fetch this
+    /// long, so there it bounds pickup latency (and sets the idle fetch rate).
+    pub fetch_wait: Duration,
 }
 
 impl KafkaConfig {
@@ -375,6 +379,7 @@ impl KafkaConfig {
             partitions: positive("FERRY_KAFKA_PARTITIONS", 4)?,
             replication: positive("FERRY_KAFKA_REPLICATION", 1)?,
             session_timeout: millis(env, "FERRY_KAFKA_SESSION_TIMEOUT_MS", 10_000)?,
+            fetch_wait: millis(env, "FERRY_KAFKA_FETCH_WAIT_MS", 10)?,
         })
     }
 }
