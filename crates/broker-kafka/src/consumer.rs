@@ -11,9 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use ferry_core::UnixMillis;
+use rdkafka::consumer::RebalanceProtocol;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 
@@ -60,7 +63,51 @@ fn commit_list(points: &[(Tp, i64)]) -> TopicPartitionList {
     tpl
 }
 
+/// How far before its committed offset a newly assigned partition starts fetching: the
+/// largest batch our producer sends (`batch.num.messages`). tansu answers a fetch from inside
+/// a batch with the batches after it, silently skipping the rest of that one; starting a
+/// batch early and skipping what is below the committed offset here loses nothing, on any
+/// Kafka (decision 0012).
+pub(crate) const REWIND: i64 = 10_000;
+
 impl ConsumerContext for Ctx {
+    /// librdkafka's own assignment steps (as rdkafka's default does), with newly assigned
+    /// partitions moved to start [`REWIND`] messages before their committed offsets.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        let revoke = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS;
+        if assign {
+            self.rewind(consumer, tpl);
+        }
+        let rebalance = if assign {
+            Rebalance::Assign(tpl)
+        } else if revoke {
+            Rebalance::Revoke(tpl)
+        } else {
+            Rebalance::Error(KafkaError::Rebalance(err.into()))
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let done = match (assign, cooperative) {
+            (true, true) => consumer.incremental_assign(tpl),
+            (true, false) => consumer.assign(tpl),
+            (false, true) => consumer.incremental_unassign(tpl),
+            (false, false) => consumer.unassign(),
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "kafka: applying a rebalance failed");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
@@ -119,6 +166,37 @@ impl ConsumerContext for Ctx {
             Rebalance::Error(e) => tracing::warn!(error = %e, "kafka: rebalance failed"),
         }
         shared.progress.notify_waiters();
+    }
+}
+
+impl Ctx {
+    /// Sets each newly assigned partition's start to [`REWIND`] before its committed offset,
+    /// and tells the state to skip what lies below the committed offset.
+    fn rewind(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let committed = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(c) => c,
+            Err(e) => {
+                // Starting at the committed offsets is still right on Kafka.
+                tracing::warn!(error = %e, "kafka: reading committed offsets on assign failed");
+                return;
+            }
+        };
+        let mut resume = Vec::new();
+        for e in committed.elements() {
+            if let Offset::Offset(at) = e.offset() {
+                let from = (at - REWIND).max(0);
+                if tpl
+                    .set_partition_offset(e.topic(), e.partition(), Offset::Offset(from))
+                    .is_ok()
+                {
+                    resume.push(((Arc::from(e.topic()), e.partition()), at));
+                }
+            }
+        }
+        lock(&shared.state).resume_at.extend(resume);
     }
 }
 

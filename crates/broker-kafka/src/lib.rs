@@ -160,6 +160,8 @@ impl KafkaBroker {
             .set("linger.ms", "1")
             .set("message.timeout.ms", ms(config.produce_timeout))
             .set("queue.buffering.max.messages", "200000")
+            // A batch never holds more than a new owner fetches back (consumer::REWIND).
+            .set("batch.num.messages", consumer::REWIND.to_string())
             .create()
             .map_err(invalid)?;
         let admin: AdminClient<DefaultClientContext> = common.create().map_err(invalid)?;
@@ -630,7 +632,7 @@ impl Inner {
             let unfetched;
             let (mut ready, mut scheduled, mut leased) = (0u64, 0u64, 0u64);
             if let Some(part) = s.parts.get(&tp) {
-                let from = part.next.unwrap_or_else(|| group.max(low));
+                let from = part.seen_to().unwrap_or_else(|| group.max(low));
                 unfetched = u64::try_from(high - from).unwrap_or(0);
                 for b in &part.buffered {
                     if b.job.run_at <= now && b.hold_until <= now {

@@ -36,11 +36,20 @@ pub(crate) struct Part {
     pub(crate) next: Option<i64>,
     /// The commit point last sent to the group.
     pub(crate) committed: Option<i64>,
+    /// The group's committed offset when this partition was assigned: fetching starts a
+    /// little earlier (see `consumer::REWIND`), and what lies below this is finished.
+    pub(crate) resume_at: i64,
 }
 
 impl Part {
     pub(crate) fn commit_point(&self) -> Option<i64> {
         self.open.first().copied().or(self.next)
+    }
+
+    /// The next offset not yet seen, as far as jobs go (skipped offsets below `resume_at`
+    /// count as seen).
+    pub(crate) fn seen_to(&self) -> Option<i64> {
+        self.next.map(|n| n.max(self.resume_at))
     }
 
     /// The front of a delay step partition is due (held long enough); work is always due.
@@ -73,6 +82,9 @@ pub(crate) struct State {
     /// Per partition, the offset after this process's newest produce to it: a lease waits
     /// until the fetcher has caught up with what this process itself just enqueued.
     pub(crate) produced: HashMap<Tp, i64>,
+    /// Committed offsets of partitions about to be assigned (set by the rebalance callback
+    /// just before `assign` takes them).
+    pub(crate) resume_at: HashMap<Tp, i64>,
     /// Rebalances seen (assignments handed to us), so a new subscription can await one.
     pub(crate) rebalances: u64,
     epochs: u64,
@@ -83,13 +95,16 @@ impl State {
     pub(crate) fn assign(&mut self, tp: Tp, queue: QueueName) {
         self.epochs += 1;
         let epoch = self.epochs;
+        let resume_at = self.resume_at.remove(&tp).unwrap_or(0);
         self.parts.entry(tp).or_insert(Part {
             queue,
             epoch,
             buffered: VecDeque::new(),
             open: BTreeSet::new(),
             next: None,
-            committed: None,
+            // Commits only ever move forward from the group's offset.
+            committed: (resume_at > 0).then_some(resume_at),
+            resume_at,
         });
     }
 
@@ -116,7 +131,9 @@ impl State {
             return false;
         }
         part.next = Some(offset + 1);
-        let Some((job, hold_until)) = job else {
+        // Below the committed offset: finished before this assignment (read again only
+        // because fetching starts a batch early).
+        let Some((job, hold_until)) = job.filter(|_| offset >= part.resume_at) else {
             return false;
         };
         part.open.insert(offset);
@@ -295,7 +312,7 @@ impl State {
             .filter(|(_, p)| wanted(&p.queue))
             .filter_map(|(tp, p)| {
                 let end = *self.produced.get(tp)?;
-                (p.next.unwrap_or(0) < end).then(|| (tp.clone(), end))
+                (p.seen_to().unwrap_or(0) < end).then(|| (tp.clone(), end))
             })
             .collect()
     }
@@ -305,7 +322,7 @@ impl State {
         targets.iter().all(|(tp, end)| {
             self.parts
                 .get(tp)
-                .is_none_or(|p| p.next.unwrap_or(0) >= *end)
+                .is_none_or(|p| p.seen_to().unwrap_or(0) >= *end)
         })
     }
 }
@@ -357,6 +374,27 @@ mod tests {
         );
         s.finish(&tp(0), epoch, 13);
         assert_eq!(s.commits(), vec![(tp(0), 15)]);
+    }
+
+    #[test]
+    fn a_partition_assigned_at_a_committed_offset_skips_what_lies_below_it() {
+        let mut s = State::default();
+        s.resume_at.insert(tp(0), 100);
+        s.assign(tp(0), QueueName::parse("q").unwrap());
+        // Fetching starts early (at a batch boundary): 95..99 were finished before.
+        for o in 95..103 {
+            s.ingest(&tp(0), o, Some((job(), UnixMillis(0))));
+        }
+        let t = s.take(|_| true, 10, UnixMillis::now());
+        assert_eq!(
+            t.iter().map(|t| t.offset).collect::<Vec<_>>(),
+            [100, 101, 102]
+        );
+        assert!(s.commits().is_empty(), "never behind the group's offset");
+        for t in &t {
+            s.finish(&t.tp, t.epoch, t.offset);
+        }
+        assert_eq!(s.commits(), vec![(tp(0), 103)]);
     }
 
     #[test]

@@ -481,3 +481,70 @@ async fn a_small_tenant_is_not_starved_by_a_big_backlog() {
     );
     stop(vec![worker]);
 }
+
+/// On Kafka: a second worker joins the group mid-run (partitions move to it; the first
+/// finishes the moved partitions' running jobs before giving them up), then the first
+/// leaves on SIGTERM (the second takes everything). Every job succeeds, both workers ran
+/// jobs, and a job runs twice at most, only around a handover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_workers_join_and_leave_mid_run_and_lose_nothing() {
+    const N: i64 = 6_000;
+    let kafka =
+        std::env::var("FERRY_TEST_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into());
+    let queue = fresh_queue("kpool");
+    let group = format!("ferry-{queue}");
+    let pool = Pool::start_on(
+        kafka,
+        &queue,
+        &[
+            ("FERRY_WORKER_CONCURRENCY", "20"),
+            ("FERRY_KAFKA_GROUP", &group),
+            ("FERRY_KAFKA_SESSION_TIMEOUT_MS", "6000"),
+            ("FERRY_SHUTDOWN_GRACE_MS", "3000"),
+        ],
+    )
+    .await;
+    pool.submit(&queue, N as usize, "sleep", &json!({"ms": 10}))
+        .await;
+    let mut conn = pool.db().await;
+    let wait_for = async |conn: &mut sqlx::PgConnection, n: i64| {
+        let start = Instant::now();
+        loop {
+            let done: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM ferry_jobs WHERE state = 'succeeded'")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .unwrap();
+            if done >= n {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "fewer than {n} succeeded"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let mut first = pool.worker();
+    wait_for(&mut conn, N / 6).await;
+    let second = pool.worker();
+    wait_for(&mut conn, N / 2).await;
+    sigterm(&first);
+    let (code, _) = wait_exit(&mut first, Duration::from_secs(15));
+    assert_eq!(code, Some(0), "the first worker leaves cleanly");
+    pool.wait_succeeded(N, Duration::from_secs(120)).await;
+    let workers: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT worker) FROM ferry_job_events WHERE kind = 'started'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(workers, 2, "both workers ran jobs");
+    let runs = pool.runs_per_job().await;
+    let twice: i64 = runs.iter().filter(|(r, _)| *r > 1).map(|(_, n)| n).sum();
+    assert!(
+        runs.iter().all(|(r, _)| *r <= 2) && twice <= 40,
+        "a job runs twice at most, and only around a handover: {runs:?}"
+    );
+    stop(vec![second]);
+}
