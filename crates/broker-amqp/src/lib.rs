@@ -406,13 +406,7 @@ impl Broker for AmqpBroker {
             confirmed(c).await?;
         }
         inner.pushed.notify_waiters();
-        Ok(jobs
-            .iter()
-            .map(|j| EnqueueOutcome {
-                id: j.id,
-                duplicate: false,
-            })
-            .collect())
+        Ok(EnqueueOutcome::all_new(&jobs))
     }
 
     async fn lease(

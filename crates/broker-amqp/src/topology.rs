@@ -32,18 +32,12 @@ impl Names {
         }
     }
 
-    /// Where a job due in `wait` goes now: the work queue when due, else the longest step
-    /// that does not overshoot (the shortest when even that does: late, never early).
+    /// Where a job due in `wait` goes now: the work queue when due, else its ladder step
+    /// (`ferry_core::ladder::ladder_step`).
     pub(crate) fn route(&self, wait: Duration) -> String {
-        if wait.is_zero() {
-            return self.work.clone();
-        }
-        self.delays
-            .iter()
-            .rev()
-            .find(|(step, _)| *step <= wait)
-            .or(self.delays.first())
-            .map_or_else(|| self.work.clone(), |(_, name)| name.clone())
+        let steps: Vec<Duration> = self.delays.iter().map(|(s, _)| *s).collect();
+        ferry_core::ladder::ladder_step(&steps, wait)
+            .map_or_else(|| self.work.clone(), |i| self.delays[i].1.clone())
     }
 }
 

@@ -692,13 +692,7 @@ impl Broker for KafkaBroker {
             .collect::<BrokerResult<Vec<_>>>()?;
         // A 2xx from the API means the cluster acknowledged every message (acks=all).
         inner.produce(&msgs).await?;
-        Ok(jobs
-            .iter()
-            .map(|j| EnqueueOutcome {
-                id: j.id,
-                duplicate: false,
-            })
-            .collect())
+        Ok(EnqueueOutcome::all_new(&jobs))
     }
 
     async fn lease(

@@ -45,18 +45,14 @@ impl Names {
     }
 
     /// Where a job due in `wait` goes now, and the step it waits there: the work topic when
-    /// due, else the longest step that does not overshoot (the shortest when even that does;
-    /// it is then held only until the job is due).
+    /// due, else its ladder step (`ferry_core::ladder::ladder_step`; a job due sooner than
+    /// the shortest step is held only until it is due).
     pub(crate) fn route(&self, wait: Duration) -> (&str, Option<Duration>) {
-        if wait.is_zero() {
-            return (&self.work, None);
+        let steps: Vec<Duration> = self.steps.iter().map(|(s, _)| *s).collect();
+        match ferry_core::ladder::ladder_step(&steps, wait) {
+            None => (&self.work, None),
+            Some(i) => (&self.steps[i].1, Some(self.steps[i].0)),
         }
-        self.steps
-            .iter()
-            .rev()
-            .find(|(step, _)| *step <= wait)
-            .or(self.steps.first())
-            .map_or((self.work.as_str(), None), |(s, t)| (t.as_str(), Some(*s)))
     }
 }
 

@@ -103,6 +103,19 @@ pub struct EnqueueOutcome {
     pub duplicate: bool,
 }
 
+impl EnqueueOutcome {
+    /// Every job enqueued as new: the outcome of brokers that do not deduplicate.
+    #[must_use]
+    pub fn all_new(jobs: &[JobEnvelope]) -> Vec<Self> {
+        jobs.iter()
+            .map(|j| Self {
+                id: j.id,
+                duplicate: false,
+            })
+            .collect()
+    }
+}
+
 /// Which queues a worker takes jobs from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QueueSelector {

@@ -3,6 +3,7 @@
 pub mod broker;
 mod envelope;
 mod id;
+pub mod ladder;
 pub mod limits;
 mod name;
 mod retry;
