@@ -628,15 +628,23 @@ pub async fn concurrent_consumers_never_share_a_job(b: DynBroker) {
 async fn pickup_delay(consumer: DynBroker, producer: DynBroker, prefix: &str) -> Duration {
     let q = fresh_queue(prefix);
     let sel = only(&q);
+    let (idle_tx, idle_rx) = tokio::sync::oneshot::channel();
     let waiter = tokio::spawn(async move {
+        let mut idle_tx = Some(idle_tx);
         loop {
             if let Some(l) = consumer.lease(&sel, 1, LEASE, "idle").await.unwrap().pop() {
                 return (l, Instant::now());
             }
+            // The first empty lease: the consumer is set up (a broker may subscribe to the
+            // queue on its first lease) and idle from here on.
+            if let Some(tx) = idle_tx.take() {
+                let _ = tx.send(());
+            }
             consumer.wait_for_jobs(&sel, Duration::from_secs(5)).await;
         }
     });
-    // Let the consumer go idle first.
+    idle_rx.await.expect("the consumer's first lease returned");
+    // Let the consumer settle into waiting.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pushed = Instant::now();
     producer.enqueue(vec![job(&q, 1)]).await.unwrap();
@@ -644,11 +652,23 @@ async fn pickup_delay(consumer: DynBroker, producer: DynBroker, prefix: &str) ->
     got.duration_since(pushed)
 }
 
+/// The median of three pickups: one slow pickup on a loaded machine (the CI machine has two
+/// cores shared by every test and server) does not decide; a broker that is slow every time
+/// still fails.
+async fn median_pickup(consumer: &DynBroker, producer: &DynBroker, prefix: &str) -> Vec<Duration> {
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        took.push(pickup_delay(consumer.clone(), producer.clone(), prefix).await);
+    }
+    took.sort();
+    took
+}
+
 pub async fn idle_pickup_is_prompt(b: DynBroker) {
-    let waited = pickup_delay(b.clone(), b, "idle").await;
+    let took = median_pickup(&b, &b, "idle").await;
     assert!(
-        waited < Duration::from_millis(50),
-        "idle pickup took {waited:?}"
+        took[1] < Duration::from_millis(50),
+        "idle pickup took {took:?} (median of three over 50 ms)"
     );
 }
 
@@ -663,10 +683,10 @@ pub async fn pushes_wake_consumers_in_other_processes(consumer: DynBroker, produ
     ) {
         return;
     }
-    let waited = pickup_delay(consumer, producer, "xwake").await;
+    let took = median_pickup(&consumer, &producer, "xwake").await;
     assert!(
-        waited < Duration::from_millis(50),
-        "cross-process pickup took {waited:?}"
+        took[1] < Duration::from_millis(50),
+        "cross-process pickup took {took:?} (median of three over 50 ms)"
     );
 }
 
