@@ -302,12 +302,58 @@ async fn thousand_jobs_then_sigkill_loses_nothing(env: &[(&str, String)]) {
 /// lost), workers back off and resume when Redis returns, and every accepted job succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_with_aof_loses_no_accepted_job() {
+    let mut redis = support::RedisServer::start();
+    let env = [("FERRY_BROKER_URL", redis.url())];
+    broker_restart_loses_no_accepted_job(&env, &mut redis, "Redis").await;
+}
+
+/// The same with a private RabbitMQ node `kill -9`ed and restarted on its data: publisher
+/// confirms mean a 202 only for messages RabbitMQ has on disk, and durable queues with
+/// persistent messages come back with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restart_loses_no_accepted_job() {
+    let mut node = support::RabbitNode::start();
+    let env = [
+        ("FERRY_BROKER_URL", node.url()),
+        ("FERRY_QUEUES", "restart".to_owned()),
+    ];
+    broker_restart_loses_no_accepted_job(&env, &mut node, "RabbitMQ").await;
+}
+
+/// A broker a test can kill and start again on the same data.
+trait Restartable {
+    fn kill(&mut self);
+    fn restart(&mut self);
+}
+
+impl Restartable for support::RedisServer {
+    fn kill(&mut self) {
+        support::RedisServer::kill(self);
+    }
+    fn restart(&mut self) {
+        support::RedisServer::restart(self);
+    }
+}
+
+impl Restartable for support::RabbitNode {
+    fn kill(&mut self) {
+        support::RabbitNode::kill(self);
+    }
+    fn restart(&mut self) {
+        support::RabbitNode::restart(self);
+    }
+}
+
+async fn broker_restart_loses_no_accepted_job(
+    env: &[(&str, String)],
+    broker: &mut impl Restartable,
+    what: &str,
+) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    let mut redis = support::RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let dev = start(dir.path(), &[("FERRY_BROKER_URL", redis.url())]);
+    let dev = start(dir.path(), env);
     let client = reqwest::Client::new();
 
     // Eight submitters post until told to stop: noop and short sleeps, all expected to succeed.
@@ -368,10 +414,10 @@ async fn redis_restart_with_aof_loses_no_accepted_job() {
         }
     };
     wait_accepted(300).await;
-    redis.kill();
+    broker.kill();
     let at_kill = accepted_count.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    redis.restart();
+    broker.restart();
     // Submissions resume once Redis is back.
     wait_accepted(at_kill + 300).await;
     stop.store(true, Ordering::Relaxed);
@@ -394,10 +440,10 @@ async fn redis_restart_with_aof_loses_no_accepted_job() {
     }
     assert!(
         refused > 0,
-        "the outage refused nothing: did Redis really go away?"
+        "the outage refused nothing: did {what} really go away?"
     );
     eprintln!(
-        "redis restart: {} accepted, {refused} refused with 503 during the outage",
+        "{what} restart: {} accepted, {refused} refused with 503 during the outage",
         accepted.len()
     );
     assert_all_succeed(&client, &dev.base, &accepted).await;

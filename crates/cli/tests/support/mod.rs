@@ -311,6 +311,107 @@ impl Drop for Dev {
 /// A TCP proxy in front of a server, for taking the server away and bringing it back without
 /// touching it (it may be shared by other tests). `down` cuts every connection and refuses
 /// new ones; `up` accepts again.
+/// A private RabbitMQ node (its own port, node name and data directory), for tests that
+/// kill and restart the broker. Durable queues and persistent messages live in its data
+/// directory and survive a `kill -9`. Killed and removed on drop.
+pub struct RabbitNode {
+    dir: PathBuf,
+    port: u16,
+    dist_port: u16,
+    name: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RabbitNode {
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("ferry-rmq-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(dir.join("mnesia")).unwrap();
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        std::fs::write(dir.join("plugins"), "[].\n").unwrap();
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+        )
+        .unwrap();
+        // The server runs as the rabbitmq user (Debian's wrapper switches to it).
+        let _ = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&dir)
+            .status();
+        let node = Self {
+            dir,
+            port,
+            dist_port: free_port(),
+            name: format!("ferry-{}-{port}@localhost", std::process::id()),
+        };
+        node.launch();
+        node
+    }
+
+    fn launch(&self) {
+        let d = &self.dir;
+        let status = Command::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("plugins"))
+            .env("RABBITMQ_PID_FILE", d.join("pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("start rabbitmq-server (scripts/test installs it)");
+        assert!(status.success(), "rabbitmq-server -detached failed");
+        let until = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "private rabbitmq did not start ({d:?}/log)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `kill -9` of the server process, then waits until its port is closed.
+    pub fn kill(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pid")) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+        let until = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < until, "rabbitmq still up after kill -9");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(self.dir.join("pid"));
+    }
+
+    /// Starts the node again on the same data.
+    pub fn restart(&mut self) {
+        self.launch();
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A private tansu (Kafka-protocol broker, in memory) listening on `port` and telling
 /// clients to connect to `advertised` (a proxy in front of it). Killed on drop.
 pub struct Tansu {
