@@ -319,16 +319,24 @@ impl Inner {
             .create_topics(topics.iter(), &opts)
             .await
             .map_err(|e| unavailable(&e))?;
+        let mut created = Vec::new();
         for r in results {
-            if let Err((topic, code)) = r
-                && code != RDKafkaErrorCode::TopicAlreadyExists
-            {
-                return Err(BrokerError::Unavailable(format!(
-                    "kafka: cannot create topic {topic}: {code}"
-                )));
+            match r {
+                Ok(topic) => created.push(topic),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(BrokerError::Unavailable(format!(
+                        "kafka: cannot create topic {topic}: {code}"
+                    )));
+                }
             }
         }
-        self.await_topics(&names).await?;
+        // Topics that existed are known to the cluster already; only new ones may still be
+        // on their way into its metadata (a first enqueue from a new process would otherwise
+        // pay a metadata round trip per topic).
+        if !created.is_empty() {
+            self.await_topics(created).await?;
+        }
         lock_std(&self.declared).insert(queue.clone());
         Ok(())
     }
@@ -336,13 +344,8 @@ impl Inner {
     /// Waits until the cluster's metadata shows every topic of a queue with its partitions
     /// led (a subscription to a topic not yet in metadata would be ignored until the next
     /// refresh).
-    async fn await_topics(&self, names: &Names) -> BrokerResult<()> {
+    async fn await_topics(&self, wanted: Vec<String>) -> BrokerResult<()> {
         let consumer = self.consumer.clone();
-        let wanted: Vec<String> = names
-            .consumed()
-            .map(str::to_owned)
-            .chain([names.dead.clone()])
-            .collect();
         let within = self.config.connect_timeout;
         tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + within;

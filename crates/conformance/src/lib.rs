@@ -623,27 +623,42 @@ pub async fn concurrent_consumers_never_share_a_job(b: DynBroker) {
     assert_eq!(all.len() as u64, n);
 }
 
+/// Waits until the consumer reports going idle with `n` jobs leased so far.
+async fn idle_after(rx: &mut tokio::sync::mpsc::UnboundedReceiver<usize>, n: usize) {
+    while rx.recv().await.expect("the consumer runs") != n {}
+}
+
 /// Lets a consumer on `consumer` go idle on a fresh queue, pushes one job through
-/// `producer`, and returns how long the consumer took to lease it.
+/// `producer` to warm both up (a broker may set a queue up on its first lease or push),
+/// lets the consumer go idle again, pushes a second, and returns how long the consumer took
+/// to lease that one.
 async fn pickup_delay(consumer: DynBroker, producer: DynBroker, prefix: &str) -> Duration {
     let q = fresh_queue(prefix);
     let sel = only(&q);
-    let (idle_tx, idle_rx) = tokio::sync::oneshot::channel();
+    let (idle_tx, mut idle_rx) = tokio::sync::mpsc::unbounded_channel();
     let waiter = tokio::spawn(async move {
-        let mut idle_tx = Some(idle_tx);
+        let mut leased = 0;
+        let mut said_idle = false;
         loop {
             if let Some(l) = consumer.lease(&sel, 1, LEASE, "idle").await.unwrap().pop() {
-                return (l, Instant::now());
+                leased += 1;
+                said_idle = false;
+                if leased == 2 {
+                    return (l, Instant::now());
+                }
+                continue;
             }
-            // The first empty lease: the consumer is set up (a broker may subscribe to the
-            // queue on its first lease) and idle from here on.
-            if let Some(tx) = idle_tx.take() {
-                let _ = tx.send(());
+            // An empty lease: the consumer is idle from here on.
+            if !said_idle {
+                let _ = idle_tx.send(leased);
+                said_idle = true;
             }
             consumer.wait_for_jobs(&sel, Duration::from_secs(5)).await;
         }
     });
-    idle_rx.await.expect("the consumer's first lease returned");
+    idle_after(&mut idle_rx, 0).await;
+    producer.enqueue(vec![job(&q, 0)]).await.unwrap();
+    idle_after(&mut idle_rx, 1).await;
     // Let the consumer settle into waiting.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pushed = Instant::now();
