@@ -27,7 +27,7 @@ pub struct KafkaBrokerConfig {
     pub session_timeout: Duration,
     /// How long a fetch waits at the broker for new messages (bounds idle pickup latency).
     pub fetch_wait: Duration,
-    /// Messages fetched ahead and kept in memory per partition before fetching pauses.
+    /// Messages fetched ahead and kept in memory per partition before its fetching stops.
     pub buffer_per_partition: usize,
     /// On a rebalance, how long revoked partitions' running jobs get to finish before their
     /// leases are given up (the next owner then runs them again).

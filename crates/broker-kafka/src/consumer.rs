@@ -1,9 +1,10 @@
 //! The consumer side: one group member per process, polled by a thread of its own. The
 //! thread turns fetched messages into buffered jobs, commits each partition up to its
-//! lowest unfinished offset, pauses partitions whose buffers are full, moves delay-step
-//! messages on when they have waited their step, and handles rebalances: a revoked
-//! partition's running jobs get a grace period to finish, then it is committed and
-//! forgotten (its unfinished jobs go to the next owner).
+//! lowest unfinished offset, stops reading partitions whose buffers are full, moves
+//! delay-step messages on when they have waited their step, and handles rebalances: a newly
+//! assigned partition starts a batch before its committed offset, and a revoked partition's
+//! running jobs get a grace period to finish, then it is committed and forgotten (its
+//! unfinished jobs go to the next owner).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
