@@ -385,7 +385,7 @@ fn tick(consumer: &BaseConsumer<Ctx>, shared: &Shared, mover: &Mover) {
         let mut s = lock(&shared.state);
         let points = s.commits();
         let moves = s.take_moves(now);
-        let due = s.next_hold().is_some_and(|t| t <= now) && s.has_due(|_| true, now);
+        let due = s.next_hold().is_some_and(|t| t <= now) && s.due_count(|_| true, now, 1) > 0;
         (points, moves, due)
     };
     if !points.is_empty()

@@ -9,7 +9,7 @@ mod state;
 mod topology;
 mod wire;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -83,6 +83,7 @@ struct Inner {
     shared: Arc<Shared>,
     /// Queues whose topics exist (created or found by this process).
     declared: Mutex<HashSet<QueueName>>,
+    names: Mutex<HashMap<QueueName, Arc<Names>>>,
     /// What the consumer is subscribed to; changed one caller at a time.
     subscribed: tokio::sync::Mutex<BTreeSet<String>>,
     /// The work topics found in the cluster, for `QueueSelector::All`, and when.
@@ -225,6 +226,7 @@ impl KafkaBroker {
             consumer: consumer.clone(),
             shared: shared.clone(),
             declared: Mutex::default(),
+            names: Mutex::default(),
             subscribed: tokio::sync::Mutex::default(),
             listed: Mutex::default(),
             reader: Arc::default(),
@@ -288,8 +290,12 @@ fn start_poller(
 }
 
 impl Inner {
-    fn names(&self, queue: &QueueName) -> Names {
-        Names::new(queue, &self.config.delay_steps)
+    /// A queue's topic names, made once per queue (enqueue asks for every job).
+    fn names(&self, queue: &QueueName) -> Arc<Names> {
+        lock_std(&self.names)
+            .entry(queue.clone())
+            .or_insert_with(|| Arc::new(Names::new(queue, &self.config.delay_steps)))
+            .clone()
     }
 
     /// Creates a queue's topics once per process (existing ones are kept as they are).
@@ -570,7 +576,7 @@ impl Inner {
         f: impl FnOnce(&mut DeadIndex) -> R + Send + 'static,
     ) -> BrokerResult<R> {
         self.declare(queue).await?;
-        let topic = self.names(queue).dead;
+        let topic = self.names(queue).dead.clone();
         let timeout = self.config.connect_timeout;
         let known_end = lock(&self.shared.state)
             .produced
@@ -807,7 +813,7 @@ impl Broker for KafkaBroker {
                         Some(inner.routed(&job, *at)?)
                     }
                     Settlement::Dead { error } => Some(Out {
-                        topic: inner.names(&h.job.queue).dead,
+                        topic: inner.names(&h.job.queue).dead.clone(),
                         key: Some(h.job.id.to_string()),
                         value: Some(
                             wire::dead(&h.job, error).map_err(|e| encode_error(&h.job, &e))?,
@@ -851,7 +857,7 @@ impl Broker for KafkaBroker {
         notified.as_mut().enable();
         let due = {
             let s = lock(&inner.shared.state);
-            s.has_due(|q| queues.includes(q), UnixMillis::now())
+            s.due_count(|q| queues.includes(q), UnixMillis::now(), 1) > 0
         };
         if due {
             return;

@@ -52,9 +52,29 @@ impl Part {
         self.next.map(|n| n.max(self.resume_at))
     }
 
-    /// The front of a delay step partition is due (held long enough); work is always due.
-    fn front_due(&self, now: UnixMillis) -> bool {
-        self.buffered.front().is_some_and(|b| b.hold_until <= now)
+    /// The front can be handed out: held long enough (work is never held) and due.
+    fn front_ready(&self, now: UnixMillis) -> bool {
+        self.buffered
+            .front()
+            .is_some_and(|b| b.hold_until <= now && b.job.run_at <= now)
+    }
+
+    /// The front of a delay step waited its step but is not due: it moves on.
+    fn front_moving(&self, now: UnixMillis) -> bool {
+        self.buffered
+            .front()
+            .is_some_and(|b| b.hold_until <= now && b.job.run_at > now)
+    }
+
+    /// Takes the front out of the buffer; its offset stays open.
+    fn pop(&mut self, tp: &Tp) -> Option<Taken> {
+        let b = self.buffered.pop_front()?;
+        Some(Taken {
+            tp: tp.clone(),
+            epoch: self.epoch,
+            offset: b.offset,
+            job: b.job,
+        })
     }
 }
 
@@ -172,18 +192,10 @@ impl State {
                 let tp = &tps[(start + i) % tps.len()];
                 let part = self.parts.get_mut(tp).expect("listed above");
                 let mut n = 0;
-                while out.len() < max && (round == 1 || n < share) && part.front_due(now) {
-                    if part.buffered.front().is_some_and(|b| b.job.run_at > now) {
-                        // Held long enough but not due: the poller moves it on.
-                        break;
-                    }
-                    let b = part.buffered.pop_front().expect("front checked");
-                    out.push(Taken {
-                        tp: tp.clone(),
-                        epoch: part.epoch,
-                        offset: b.offset,
-                        job: b.job,
-                    });
+                // A front held long enough but not due stops its partition: the poller
+                // moves it on.
+                while out.len() < max && (round == 1 || n < share) && part.front_ready(now) {
+                    out.extend(part.pop(tp));
                     n += 1;
                 }
             }
@@ -196,26 +208,11 @@ impl State {
     pub(crate) fn take_moves(&mut self, now: UnixMillis) -> Vec<Taken> {
         let mut out = Vec::new();
         for (tp, part) in &mut self.parts {
-            while part.front_due(now) && part.buffered.front().is_some_and(|b| b.job.run_at > now) {
-                let b = part.buffered.pop_front().expect("front checked");
-                out.push(Taken {
-                    tp: tp.clone(),
-                    epoch: part.epoch,
-                    offset: b.offset,
-                    job: b.job,
-                });
+            while part.front_moving(now) {
+                out.extend(part.pop(tp));
             }
         }
         out
-    }
-
-    /// Whether any selected partition has something to hand out now.
-    pub(crate) fn has_due(&self, wanted: impl Fn(&QueueName) -> bool, now: UnixMillis) -> bool {
-        self.parts.values().any(|p| {
-            wanted(&p.queue)
-                && p.front_due(now)
-                && p.buffered.front().is_some_and(|b| b.job.run_at <= now)
-        })
     }
 
     /// How many jobs of the selection could be handed out now, counting up to `limit`.

@@ -21,6 +21,8 @@ pub(crate) struct Names {
     pub(crate) dead: String,
     /// (step, topic), shortest first.
     pub(crate) steps: Vec<(Duration, String)>,
+    /// The step lengths alone, for `ladder_step`.
+    lengths: Vec<Duration>,
 }
 
 impl Names {
@@ -34,6 +36,7 @@ impl Names {
         Self {
             dead: format!("{work}.DEAD"),
             work,
+            lengths: steps.iter().map(|(s, _)| *s).collect(),
             steps,
         }
     }
@@ -48,8 +51,7 @@ impl Names {
     /// due, else its ladder step (`ferry_core::ladder::ladder_step`; a job due sooner than
     /// the shortest step is held only until it is due).
     pub(crate) fn route(&self, wait: Duration) -> (&str, Option<Duration>) {
-        let steps: Vec<Duration> = self.steps.iter().map(|(s, _)| *s).collect();
-        match ferry_core::ladder::ladder_step(&steps, wait) {
+        match ferry_core::ladder::ladder_step(&self.lengths, wait) {
             None => (&self.work, None),
             Some(i) => (&self.steps[i].1, Some(self.steps[i].0)),
         }

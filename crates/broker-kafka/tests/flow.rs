@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ferry_broker_conformance::fresh_queue;
 use ferry_broker_kafka::{KafkaBroker, KafkaBrokerConfig};
-use ferry_core::broker::{Broker, QueueSelector, Settle, Settlement};
+use ferry_core::broker::{Broker, QueueSelector, Settle};
 use ferry_core::{JobEnvelope, JobKind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,13 +45,7 @@ async fn full_buffers_stop_and_restart_fetching_without_losing_a_job() {
             b.wait_for_jobs(&only, Duration::from_millis(50)).await;
             continue;
         }
-        let acks: Vec<_> = leases
-            .iter()
-            .map(|l| Settle {
-                lease: l.to_ref(),
-                settlement: Settlement::Ack,
-            })
-            .collect();
+        let acks = Settle::acks(&leases);
         for l in &leases {
             assert!(seen.insert(l.job.id), "job {} leased twice", l.job.id);
         }

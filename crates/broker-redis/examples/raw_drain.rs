@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_broker_redis::{RedisBroker, RedisBrokerConfig};
-use ferry_core::broker::{Broker, QueueSelector, Settle, Settlement};
+use ferry_core::broker::{Broker, QueueSelector, Settle};
 use ferry_core::{JobEnvelope, JobKind, QueueName};
 
 const JOBS: usize = 200_000;
@@ -55,13 +55,7 @@ async fn main() {
                 if leases.is_empty() {
                     return done;
                 }
-                let acks: Vec<_> = leases
-                    .iter()
-                    .map(|l| Settle {
-                        lease: l.to_ref(),
-                        settlement: Settlement::Ack,
-                    })
-                    .collect();
+                let acks = Settle::acks(&leases);
                 b.settle(&acks).await.expect("ack");
                 done += leases.len();
             }

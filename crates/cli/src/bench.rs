@@ -256,13 +256,7 @@ async fn drain_quietly(broker: &Arc<dyn Broker>, queue: &QueueName) -> anyhow::R
         if leases.is_empty() {
             return Ok(());
         }
-        let acks: Vec<_> = leases
-            .iter()
-            .map(|l| ferry_core::broker::Settle {
-                lease: l.to_ref(),
-                settlement: ferry_core::broker::Settlement::Ack,
-            })
-            .collect();
+        let acks = ferry_core::broker::Settle::acks(&leases);
         broker.settle(&acks).await?;
     }
 }

@@ -143,13 +143,7 @@ pub async fn large_batch_enqueue_and_lease(b: DynBroker) {
         if leases.is_empty() {
             break;
         }
-        let refs: Vec<_> = leases
-            .iter()
-            .map(|l| ferry_core::broker::Settle {
-                lease: l.to_ref(),
-                settlement: ferry_core::broker::Settlement::Ack,
-            })
-            .collect();
+        let refs = ferry_core::broker::Settle::acks(&leases);
         for l in &leases {
             assert!(seen.insert(l.job.id), "job {} leased twice", l.job.id);
         }

@@ -75,6 +75,20 @@ pub struct Settle {
     pub settlement: Settlement,
 }
 
+impl Settle {
+    /// Acks for all of `leases`, in order.
+    #[must_use]
+    pub fn acks(leases: &[Lease]) -> Vec<Self> {
+        leases
+            .iter()
+            .map(|l| Self {
+                lease: l.to_ref(),
+                settlement: Settlement::Ack,
+            })
+            .collect()
+    }
+}
+
 /// What became of a settlement.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum SettleOutcome {
