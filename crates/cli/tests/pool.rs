@@ -77,7 +77,11 @@ impl Pool {
         }
         cmd.arg("worker")
             .env("FERRY_DATA_DIR", self.dir.path())
-            .env("FERRY_LEASE_MS", "1500")
+            // Short enough that a killed worker's jobs come back within seconds, long enough
+            // that heartbeats on a loaded 2-core CI machine (every test and server shares it)
+            // keep live leases: at 1.5 s, 2,134 of 100,000 jobs ran twice in one CI run
+            // because busy workers' leases lapsed, not only the killed worker's.
+            .env("FERRY_LEASE_MS", "4000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
