@@ -23,6 +23,11 @@ use crate::source::{FerryBackend, Held, LeaseSource};
 pub struct WorkerOptions {
     /// Jobs run at once.
     pub concurrency: usize,
+    /// Finished jobs that may wait for their history write and acknowledgement at once.
+    /// A worker holds at most `concurrency + settle_window` leases; if it dies, those are
+    /// the jobs that run again (at-least-once), so this bounds a crash's duplicates. Larger
+    /// windows let the settler write bigger batches.
+    pub settle_window: usize,
     pub queues: QueueSelector,
     /// Lease length; heartbeats renew at a third of it.
     pub lease: Duration,
@@ -40,6 +45,7 @@ impl Default for WorkerOptions {
     fn default() -> Self {
         Self {
             concurrency: 50,
+            settle_window: 1000,
             queues: QueueSelector::All,
             lease: Duration::from_secs(30),
             default_timeout: Duration::from_secs(300),
@@ -108,6 +114,7 @@ impl Worker {
             queues: o.queues,
             lease_for: o.lease,
             concurrency: o.concurrency,
+            max_held: o.concurrency + o.settle_window.max(1),
             worker_id: worker_id.clone(),
             in_flight: in_flight.clone(),
             held,

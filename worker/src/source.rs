@@ -28,6 +28,8 @@ use tower::layer::util::Identity;
 pub(crate) struct Held {
     /// Each held lease, and whether its settlement has been handed to the broker.
     inner: Arc<Mutex<HashMap<JobId, (LeaseRef, bool)>>>,
+    /// Signalled when leases are let go, for a lease call waiting for room.
+    freed: Arc<tokio::sync::Notify>,
 }
 
 impl Held {
@@ -58,6 +60,13 @@ impl Held {
                 m.remove(&r.id);
             }
         }
+        drop(m);
+        self.freed.notify_one();
+    }
+
+    /// How many leases this process holds (running, buffered or waiting to be settled).
+    pub(crate) fn count(&self) -> usize {
+        self.inner.lock().expect("held-leases lock").len()
     }
 
     /// Forgets leases a heartbeat found lost; returns those that were really lost (not just
@@ -74,6 +83,8 @@ impl Held {
                 really.push(r);
             }
         }
+        drop(m);
+        self.freed.notify_one();
         really
     }
 
@@ -100,6 +111,9 @@ pub(crate) struct LeaseSource {
     pub(crate) queues: QueueSelector,
     pub(crate) lease_for: Duration,
     pub(crate) concurrency: usize,
+    /// Leases held at once, at most: `concurrency` running plus the settle window of
+    /// finished ones not yet settled. A crash runs these again, so this bounds duplicates.
+    pub(crate) max_held: usize,
     pub(crate) worker_id: Arc<str>,
     pub(crate) in_flight: Arc<AtomicUsize>,
     pub(crate) held: Held,
@@ -113,10 +127,22 @@ impl LeaseSource {
             if self.shutdown.is_cancelled() {
                 return Vec::new();
             }
+            // Armed before the count is read, so that a settlement in between still wakes us.
+            let freed = self.held.freed.notified();
+            let room = self.max_held.saturating_sub(self.held.count());
+            if room == 0 {
+                // Finished jobs wait for their settlement: lease more only when they are
+                // settled, so that a crash re-runs at most `max_held` jobs.
+                tokio::select! {
+                    () = freed => {}
+                    () = self.shutdown.cancelled() => {}
+                }
+                continue;
+            }
             let free = self
                 .concurrency
                 .saturating_sub(self.in_flight.load(Ordering::Acquire))
-                .max(1);
+                .clamp(1, room);
             match self
                 .broker
                 .lease(&self.queues, free, self.lease_for, &self.worker_id)

@@ -311,3 +311,94 @@ async fn a_running_job_is_cancelled_within_a_second() {
     r.stop.cancel();
     r.task.await.unwrap().unwrap();
 }
+
+/// While history cannot be written, finished jobs wait for their settlement; the worker
+/// then stops leasing at concurrency + settle window (what a crash would run again), and
+/// catches up once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_leases_stop_at_concurrency_plus_settle_window() {
+    use sqlx::Connection;
+    const CONCURRENCY: usize = 4;
+    const WINDOW: usize = 6;
+    let r = rig(
+        Registry::with_builtins(),
+        WorkerOptions {
+            concurrency: CONCURRENCY,
+            settle_window: WINDOW,
+            ..fast()
+        },
+    )
+    .await;
+    let queue = QueueName::parse("default").unwrap();
+    // A second writer holds the store's write lock, as a stalled database would.
+    let mut blocker =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", r.store_path().display()))
+            .await
+            .unwrap();
+    // History first (as the API does), then the store stalls, then the broker gets the jobs.
+    let jobs: Vec<JobEnvelope> = (0..100)
+        .map(|_| {
+            JobEnvelope::new(
+                queue.clone(),
+                JobKind::parse("noop").unwrap(),
+                Arc::from(RawValue::from_string("{}".into()).unwrap()),
+            )
+        })
+        .collect();
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    r.store
+        .record(
+            jobs.iter()
+                .map(|j| JobEvent {
+                    job: Arc::new(j.clone()),
+                    attempt: 0,
+                    fence: 0,
+                    at: UnixMillis::now(),
+                    kind: JobEventKind::Enqueued,
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    r.broker.enqueue(jobs).await.unwrap();
+    let t = Instant::now();
+    loop {
+        let leased = r.broker.stats(&queue).await.unwrap().leased;
+        assert!(
+            leased <= (CONCURRENCY + WINDOW) as u64,
+            "{leased} leases held"
+        );
+        if leased == (CONCURRENCY + WINDOW) as u64 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{leased} leases held: {:?}",
+            r.broker.stats(&queue).await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The bound holds for as long as the store is stalled, not just when first reached.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(300) {
+        let s = r.broker.stats(&queue).await.unwrap();
+        assert_eq!(
+            (s.leased, s.ready),
+            (
+                (CONCURRENCY + WINDOW) as u64,
+                100 - (CONCURRENCY + WINDOW) as u64
+            )
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    for id in ids {
+        assert_eq!(final_record(&r, id).await.state, JobState::Succeeded);
+    }
+    r.stop.cancel();
+    r.task.await.unwrap().unwrap();
+}

@@ -81,6 +81,7 @@ pub(crate) async fn run(role: Role) -> anyhow::Result<()> {
             }),
             WorkerOptions {
                 concurrency: worker_cfg.concurrency,
+                settle_window: worker_cfg.settle_window,
                 queues: worker_cfg.queues,
                 lease: worker_cfg.lease,
                 default_timeout: worker_cfg.default_timeout,

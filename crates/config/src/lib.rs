@@ -240,6 +240,11 @@ impl ApiConfig {
 pub struct WorkerConfig {
     /// `FERRY_WORKER_CONCURRENCY` (default 50): jobs run at once by this process.
     pub concurrency: usize,
+    /// `FERRY_WORKER_SETTLE_WINDOW` (default 1000): finished jobs that may wait at once for
+    /// their history write and acknowledgement. A worker holds at most concurrency + this
+    /// many leases, and if it is killed those jobs run again: smaller means fewer duplicates
+    /// after a crash, larger means bigger (faster) history batches.
+    pub settle_window: usize,
     /// `FERRY_QUEUES` (default `*`, every queue): comma-separated queues to take jobs from.
     pub queues: QueueSelector,
     /// `FERRY_LEASE_MS` (default 30000): how long a lease lasts without a heartbeat. A worker
@@ -275,6 +280,19 @@ impl WorkerConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        let settle_window: usize = parsed(
+            env,
+            "FERRY_WORKER_SETTLE_WINDOW",
+            1000,
+            "a positive whole number",
+        )?;
+        if settle_window == 0 {
+            return Err(ConfigError {
+                var: "FERRY_WORKER_SETTLE_WINDOW",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
         let queues = match env.get("FERRY_QUEUES") {
             None => QueueSelector::All,
             Some(v) if v.trim() == "*" => QueueSelector::All,
@@ -292,6 +310,7 @@ impl WorkerConfig {
         };
         Ok(Self {
             concurrency,
+            settle_window,
             queues,
             lease: millis(env, "FERRY_LEASE_MS", 30_000)?,
             default_timeout: millis(env, "FERRY_JOB_TIMEOUT_MS", 300_000)?,
@@ -474,7 +493,7 @@ mod tests {
         assert_eq!(a.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(a.body_limit, 1 << 20);
         let w = WorkerConfig::from_env(&e).unwrap();
-        assert_eq!(w.concurrency, 50);
+        assert_eq!((w.concurrency, w.settle_window), (50, 1000));
         assert_eq!(w.queues, QueueSelector::All);
     }
 
@@ -501,6 +520,11 @@ mod tests {
         );
         let e = env(&[("FERRY_WORKER_CONCURRENCY", "0")]);
         assert!(WorkerConfig::from_env(&e).is_err());
+        let e = env(&[("FERRY_WORKER_SETTLE_WINDOW", "0")]);
+        assert_eq!(
+            WorkerConfig::from_env(&e).unwrap_err().to_string(),
+            "FERRY_WORKER_SETTLE_WINDOW=\"0\": must be at least 1"
+        );
         let h =
             HttpTargetConfig::from_env(&env(&[("FERRY_HTTP_SIGNING_SECRET", "s3cret")])).unwrap();
         assert_eq!(

@@ -22,6 +22,13 @@ pub struct Rig {
     _dir: tempfile::TempDir,
 }
 
+impl Rig {
+    /// The store's SQLite file.
+    pub fn store_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("s.db")
+    }
+}
+
 pub async fn rig(registry: Registry, options: WorkerOptions) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let broker: Arc<dyn Broker> = Arc::new(
