@@ -183,6 +183,8 @@ impl Worker {
         cancel_listener.abort();
         // The worker (and every settler handle in it) is gone: the settler flushes and exits.
         let _ = settler_task.await;
+        // Nothing is leased from here on: what the broker fetched ahead goes back untouched.
+        self.broker.release_prefetched().await;
         stop_heartbeat.cancel();
         let _ = heartbeat_task.await;
         tracing::info!(worker = %worker_id, "worker stopped");

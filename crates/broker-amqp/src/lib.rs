@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
+mod feed;
 mod topology;
 
 use std::collections::{HashMap, HashSet};
@@ -15,7 +16,8 @@ use ferry_core::broker::{
 };
 use ferry_core::{JobEnvelope, JobId, QueueName, UnixMillis};
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
@@ -24,6 +26,7 @@ use lapin::{
 use tokio::sync::Notify;
 
 pub use config::AmqpBrokerConfig;
+use feed::{Feed, Feeds};
 use topology::Names;
 
 /// Why the broker could not start. One line each, fit for an operator.
@@ -44,8 +47,12 @@ struct Session {
     _conn: Connection,
     /// Publisher confirms on: a publish is done when RabbitMQ has the message.
     publish: Channel,
-    /// `basic.get` and the acks of what it handed out (delivery tags are per channel).
-    get: Channel,
+    /// Every queue's `basic.consume`, and the acks and rejects of what it delivered
+    /// (delivery tags are per channel). Its prefetch window is channel-wide.
+    consume: Channel,
+    /// Declarations, counts and dead-letter browsing (`basic.get`), kept off the consume
+    /// channel so that its prefetch window counts only leases and buffered deliveries.
+    admin: Channel,
     /// Which session a delivery tag belongs to.
     generation: u64,
 }
@@ -66,6 +73,12 @@ struct Inner {
     /// Queues whose topology this process declared (per session generation).
     declared: Mutex<HashSet<(u64, QueueName)>>,
     held: Mutex<HashMap<LeaseRef, Held>>,
+    /// Deliveries pushed ahead of leases, per queue.
+    feeds: Feeds,
+    /// One lease at a time: its emptiness check (the fence) reasons about the whole channel.
+    leasing: tokio::sync::Mutex<()>,
+    /// The consume channel's prefetch window as last set.
+    window: AtomicU64,
     counter: AtomicU64,
     pushed: Notify,
     cancels: tokio::sync::broadcast::Sender<JobId>,
@@ -87,8 +100,9 @@ impl Drop for Reaper {
     }
 }
 
-/// `basic.get` calls kept in flight on the channel by one lease.
-const GETS_IN_FLIGHT: usize = 128;
+/// How long a lease that finds nothing buffered, while the server still counts ready
+/// messages, waits for their deliveries before it answers empty.
+const FENCE_PATIENCE: Duration = Duration::from_millis(100);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -116,6 +130,9 @@ impl AmqpBroker {
             generations: AtomicU64::new(0),
             declared: Mutex::default(),
             held: Mutex::default(),
+            feeds: Feeds::default(),
+            leasing: tokio::sync::Mutex::new(()),
+            window: AtomicU64::new(1),
             counter: AtomicU64::new(0),
             pushed: Notify::new(),
             cancels: tokio::sync::broadcast::channel(16).0,
@@ -150,7 +167,8 @@ impl Inner {
         let mut slot = self.session.lock().await;
         if let Some(s) = slot.as_ref()
             && s.publish.status().connected()
-            && s.get.status().connected()
+            && s.consume.status().connected()
+            && s.admin.status().connected()
         {
             return Ok(s.clone());
         }
@@ -171,11 +189,19 @@ impl Inner {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| unavailable(&e))?;
-        let get = conn.create_channel().await.map_err(|e| unavailable(&e))?;
+        let consume = conn.create_channel().await.map_err(|e| unavailable(&e))?;
+        // Channel-wide (`global`) so that one window covers every queue's consumer; leases
+        // widen it to what they hold plus what they ask for. Until then, one at a time.
+        consume
+            .basic_qos(1, BasicQosOptions { global: true })
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let admin = conn.create_channel().await.map_err(|e| unavailable(&e))?;
         let s = Arc::new(Session {
             _conn: conn,
             publish,
-            get,
+            consume,
+            admin,
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
         });
         *slot = Some(s.clone());
@@ -189,7 +215,7 @@ impl Inner {
         if lock(&self.declared).contains(&key) {
             return Ok(names);
         }
-        topology::declare(&s.get, &names)
+        topology::declare(&s.admin, &names)
             .await
             .map_err(|e| unavailable(&e))?;
         lock(&self.declared).insert(key);
@@ -255,7 +281,7 @@ impl Inner {
                 // Not a Ferry job (another publisher wrote to the queue): left unacked it
                 // would be stuck for this connection's life; nothing can run it.
                 tracing::error!(queue = %queue, error = %e, "dropping a message that is not a Ferry job");
-                s.get
+                s.consume
                     .basic_reject(d.delivery_tag, BasicRejectOptions { requeue: false })
                     .await
                     .map_err(|e| unavailable(&e))?;
@@ -265,7 +291,7 @@ impl Inner {
         if job.run_at > UnixMillis::now() {
             let c = self.publish(s, n, &job, job.run_at).await?;
             confirmed(c).await?;
-            s.get
+            s.consume
                 .basic_ack(d.delivery_tag, BasicAckOptions::default())
                 .await
                 .map_err(|e| unavailable(&e))?;
@@ -295,6 +321,165 @@ impl Inner {
         Ok(Some(lease))
     }
 
+    /// Starts `queue`'s consumer on this session's consume channel, unless it runs.
+    async fn feed(&self, s: &Session, queue: &QueueName, n: &Names) -> BrokerResult<()> {
+        let kept = {
+            let mut feeds = self.feeds.lock();
+            match feeds.get(queue) {
+                Some(f) if f.generation == s.generation && !f.ended => return Ok(()),
+                // An ended consumer's deliveries are still valid on a live channel.
+                Some(f) if f.generation == s.generation => {
+                    feeds.remove(queue).map(|f| f.buffer).unwrap_or_default()
+                }
+                // Another session's deliveries died with its channel: RabbitMQ requeued them.
+                _ => std::collections::VecDeque::new(),
+            }
+        };
+        let consumer = s
+            .consume
+            .basic_consume(
+                n.work.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut f = Feed::new(s.generation, consumer);
+        f.buffer = kept;
+        self.feeds.lock().insert(queue.clone(), f);
+        Ok(())
+    }
+
+    /// Leases what the feeds of `queues` have delivered, up to `max` in `out`.
+    async fn take_buffered(
+        &self,
+        s: &Session,
+        queues: &[(QueueName, Names)],
+        max: usize,
+        lease_for: Duration,
+        out: &mut Vec<Lease>,
+    ) -> BrokerResult<()> {
+        for (queue, n) in queues {
+            loop {
+                let want = max.saturating_sub(out.len());
+                if want == 0 {
+                    return Ok(());
+                }
+                let got: Vec<lapin::message::Delivery> = {
+                    let mut feeds = self.feeds.lock();
+                    let Some(f) = feeds.get_mut(queue) else { break };
+                    f.drain_arrived();
+                    let k = want.min(f.buffer.len());
+                    f.buffer.drain(..k).collect()
+                };
+                if got.is_empty() {
+                    break;
+                }
+                for d in got {
+                    if let Some(lease) = self.take(s, n, queue, d, lease_for).await? {
+                        out.push(lease);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A round trip on the consume channel: when it returns, every delivery the server sent
+    /// before it has reached the feeds. Sets the prefetch window to `window` (or keeps it).
+    async fn fence(&self, s: &Session, window: Option<usize>) -> BrokerResult<()> {
+        let w = match window {
+            Some(w) => {
+                let w = u16::try_from(w).unwrap_or(u16::MAX);
+                self.window.store(u64::from(w), Ordering::Relaxed);
+                w
+            }
+            None => u16::try_from(self.window.load(Ordering::Relaxed)).unwrap_or(u16::MAX),
+        };
+        s.consume
+            .basic_qos(w, BasicQosOptions { global: true })
+            .await
+            .map_err(|e| unavailable(&e))
+    }
+
+    /// Deliveries of this session not yet acked: held leases and buffered ones.
+    fn unacked(&self, generation: u64) -> usize {
+        let held = lock(&self.held)
+            .values()
+            .filter(|h| h.generation == generation)
+            .count();
+        let buffered: usize = self
+            .feeds
+            .lock()
+            .values()
+            .filter(|f| f.generation == generation)
+            .map(|f| f.buffer.len())
+            .sum();
+        held + buffered
+    }
+
+    /// Stops every consumer and gives back what they delivered that no lease took: a fresh
+    /// copy of each job (with a lost delivery counted, as a lease would have), then the ack.
+    /// Requeueing instead would mark them redelivered, and count an attempt that never ran.
+    async fn release_prefetched(&self) -> BrokerResult<()> {
+        let _one_at_a_time = self.leasing.lock().await;
+        let s = self.session().await?;
+        let tags: Vec<lapin::types::ShortString> = self
+            .feeds
+            .lock()
+            .values()
+            .filter(|f| f.generation == s.generation && !f.ended)
+            .map(Feed::tag)
+            .collect();
+        // Each cancel-ok also comes back after every delivery sent before it.
+        for t in tags {
+            s.consume
+                .basic_cancel(t, BasicCancelOptions::default())
+                .await
+                .map_err(|e| unavailable(&e))?;
+        }
+        let left: Vec<(QueueName, lapin::message::Delivery)> = {
+            let mut feeds = self.feeds.lock();
+            feeds
+                .drain()
+                .filter(|(_, f)| f.generation == s.generation)
+                .flat_map(|(q, mut f)| {
+                    f.drain_arrived();
+                    f.buffer.into_iter().map(move |d| (q.clone(), d))
+                })
+                .collect()
+        };
+        let mut confirms = Vec::new();
+        let mut acks = Vec::new();
+        for (queue, d) in left {
+            let names = self.declare(&s, &queue).await?;
+            match job_of(&d) {
+                Ok(job) => {
+                    confirms.push(self.publish_to(&s, &names.work, &job, None).await?);
+                    acks.push(d.delivery_tag);
+                }
+                Err(_) => {
+                    // Not a Ferry job: whoever leases it next drops it (and says so).
+                    s.consume
+                        .basic_reject(d.delivery_tag, BasicRejectOptions { requeue: true })
+                        .await
+                        .map_err(|e| unavailable(&e))?;
+                }
+            }
+        }
+        for c in futures_util::future::join_all(confirms.into_iter().map(confirmed)).await {
+            c?;
+        }
+        for t in acks {
+            s.consume
+                .basic_ack(t, BasicAckOptions::default())
+                .await
+                .map_err(|e| unavailable(&e))?;
+        }
+        Ok(())
+    }
+
     /// Gives back (requeues) the deliveries of expired leases: RabbitMQ delivers them again.
     async fn reap(&self) {
         let now = Instant::now();
@@ -314,7 +499,7 @@ impl Inner {
         for h in expired {
             if h.generation == s.generation {
                 let _ = s
-                    .get
+                    .consume
                     .basic_reject(h.tag, BasicRejectOptions { requeue: true })
                     .await;
             }
@@ -348,7 +533,7 @@ async fn next_dead(
     names: &Names,
 ) -> BrokerResult<Option<(lapin::message::Delivery, JobEnvelope)>> {
     let got = s
-        .get
+        .admin
         .basic_get(
             names.dead.as_str().into(),
             BasicGetOptions { no_ack: false },
@@ -386,7 +571,8 @@ impl Broker for AmqpBroker {
             priority: true,
             per_message_lease: true,
             pause: false,
-            cross_process_wakeup: false,
+            // Consumers: a push from any process arrives as a delivery and wakes the waiter.
+            cross_process_wakeup: true,
             limits: false,
             idempotency: false,
             cancel: false,
@@ -418,6 +604,7 @@ impl Broker for AmqpBroker {
     ) -> BrokerResult<Vec<Lease>> {
         let inner = &self.inner;
         inner.reap().await;
+        let _one_at_a_time = inner.leasing.lock().await;
         let s = inner.session().await?;
         let names: Vec<QueueName> = match queues {
             QueueSelector::Only(qs) => qs.clone(),
@@ -428,33 +615,49 @@ impl Broker for AmqpBroker {
                 .map(|(_, q)| q.clone())
                 .collect(),
         };
-        let mut out = Vec::new();
-        for queue in names {
-            let n = inner.declare(&s, &queue).await?;
-            let mut empty = false;
-            while out.len() < max && !empty {
-                // `basic.get` is one message per round trip: keep many in flight at once.
-                let k = (max - out.len()).min(GETS_IN_FLIGHT);
-                let gets = (0..k).map(|_| {
-                    s.get
-                        .basic_get(n.work.as_str().into(), BasicGetOptions { no_ack: false })
-                });
-                for got in futures_util::future::join_all(gets).await {
-                    let Some(msg) = got.map_err(|e| unavailable(&e))? else {
-                        empty = true;
-                        continue;
-                    };
-                    if let Some(lease) = inner.take(&s, &n, &queue, msg.delivery, lease_for).await?
-                    {
-                        out.push(lease);
-                    }
-                }
-            }
-            if out.len() >= max {
-                break;
-            }
+        let mut queues = Vec::with_capacity(names.len());
+        for q in names {
+            let n = inner.declare(&s, &q).await?;
+            inner.feed(&s, &q, &n).await?;
+            queues.push((q, n));
         }
-        Ok(out)
+        let mut out = Vec::new();
+        inner
+            .take_buffered(&s, &queues, max, lease_for, &mut out)
+            .await?;
+        if out.len() == max {
+            return Ok(out);
+        }
+        // Short of `max`. More may be ready on the server, or on its way (lapin hands
+        // deliveries over asynchronously, and RabbitMQ can answer a count before it sends
+        // what it already dispatched), so it is decided by a fence: the ready count first,
+        // then a round trip on the consume channel, which comes back after every delivery
+        // the server sent before it.
+        let give_up = Instant::now() + FENCE_PATIENCE;
+        loop {
+            let mut ready = 0u64;
+            for (_, n) in &queues {
+                ready += topology::ready(&s.admin, n)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+            }
+            // The fence doubles as the window: what this process holds (leased or
+            // buffered), plus what this lease still asks for.
+            let window = inner.unacked(s.generation) + (max - out.len());
+            inner.fence(&s, Some(window)).await?;
+            inner
+                .take_buffered(&s, &queues, max, lease_for, &mut out)
+                .await?;
+            let now = Instant::now();
+            if out.len() == max || ready == 0 || now >= give_up {
+                return Ok(out);
+            }
+            // Ready messages the server has not pushed yet (or pushed to another process):
+            // wait briefly for a delivery, then look again.
+            let qs: Vec<QueueName> = queues.iter().map(|(q, _)| q.clone()).collect();
+            let _ =
+                tokio::time::timeout(give_up - now, inner.feeds.arrival(&qs, s.generation)).await;
+        }
     }
 
     async fn extend(&self, leases: &[LeaseRef], lease_for: Duration) -> BrokerResult<Vec<bool>> {
@@ -489,7 +692,7 @@ impl Broker for AmqpBroker {
                 // Its channel is gone (RabbitMQ redelivers it) or its lease ran out.
                 if h.generation == s.generation {
                     let _ = s
-                        .get
+                        .consume
                         .basic_reject(h.tag, BasicRejectOptions { requeue: true })
                         .await;
                 }
@@ -525,7 +728,7 @@ impl Broker for AmqpBroker {
         }
         let acked = acks
             .iter()
-            .map(|t| s.get.basic_ack(*t, BasicAckOptions::default()));
+            .map(|t| s.consume.basic_ack(*t, BasicAckOptions::default()));
         for a in futures_util::future::join_all(acked).await {
             a.map_err(|e| unavailable(&e))?;
         }
@@ -540,24 +743,63 @@ impl Broker for AmqpBroker {
         Ok(out)
     }
 
-    async fn wait_for_jobs(&self, _queues: &QueueSelector, max_wait: Duration) {
-        let wait = max_wait.min(self.inner.config.poll_interval);
-        let _ = tokio::time::timeout(wait, self.inner.pushed.notified()).await;
+    async fn wait_for_jobs(&self, queues: &QueueSelector, max_wait: Duration) {
+        let inner = &self.inner;
+        let generation = inner.generations.load(Ordering::Relaxed);
+        let qs: Vec<QueueName> = match queues {
+            QueueSelector::Only(qs) => qs.clone(),
+            QueueSelector::All => inner.feeds.lock().keys().cloned().collect(),
+        };
+        let consuming = {
+            let feeds = inner.feeds.lock();
+            qs.iter()
+                .any(|q| feeds.get(q).is_some_and(|f| f.generation == generation))
+        };
+        if !consuming {
+            // No consumer yet (nothing leased in this session): poll.
+            let wait = max_wait.min(inner.config.poll_interval);
+            let _ = tokio::time::timeout(wait, inner.pushed.notified()).await;
+            return;
+        }
+        // A push from any process arrives as a delivery.
+        tokio::select! {
+            () = inner.feeds.arrival(&qs, generation) => {}
+            () = inner.pushed.notified() => {}
+            () = tokio::time::sleep(max_wait) => {}
+        }
+    }
+
+    async fn release_prefetched(&self) {
+        if let Err(e) = self.inner.release_prefetched().await {
+            // Their channel closes with the connection and RabbitMQ redelivers them (each
+            // counting one attempt, as after a crash).
+            tracing::warn!(error = %e, "could not give back prefetched jobs");
+        }
     }
 
     async fn stats(&self, queue: &QueueName) -> BrokerResult<QueueStats> {
         let inner = &self.inner;
+        let _no_lease_meanwhile = inner.leasing.lock().await;
         let s = inner.session().await?;
         let names = inner.declare(&s, queue).await?;
-        let counts = topology::counts(&s.get, &names)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        // A message is either counted ready by the server or delivered here, never both:
+        // close the window to what this process holds, so that nothing is delivered while
+        // the server counts, and what was sent before is in the feeds after the fence.
+        let open = usize::try_from(inner.window.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+        inner
+            .fence(&s, Some(inner.unacked(s.generation).max(1)))
+            .await?;
+        let counted = topology::counts(&s.admin, &names).await;
+        let buffered = inner.feeds.buffered(queue);
+        inner.fence(&s, Some(open)).await?;
+        let counts = counted.map_err(|e| unavailable(&e))?;
         let leased = lock(&inner.held)
             .values()
             .filter(|h| h.queue == *queue)
             .count() as u64;
         Ok(QueueStats {
-            ready: counts.work,
+            // Delivered to this process ahead of a lease: still waiting to run.
+            ready: counts.work + buffered,
             scheduled: counts.delayed,
             leased,
             dead: counts.dead,
@@ -591,7 +833,7 @@ impl Broker for AmqpBroker {
             });
         }
         for t in tags {
-            s.get
+            s.admin
                 .basic_reject(t, BasicRejectOptions { requeue: true })
                 .await
                 .map_err(|e| unavailable(&e))?;
@@ -613,14 +855,14 @@ impl Broker for AmqpBroker {
             // A fresh attempt budget.
             job.attempt = 0;
             confirmed(inner.publish_to(&s, &names.work, &job, None).await?).await?;
-            s.get
+            s.admin
                 .basic_ack(d.delivery_tag, BasicAckOptions::default())
                 .await
                 .map_err(|e| unavailable(&e))?;
             moved += 1;
         }
         for t in keep {
-            s.get
+            s.admin
                 .basic_reject(t, BasicRejectOptions { requeue: true })
                 .await
                 .map_err(|e| unavailable(&e))?;

@@ -76,6 +76,15 @@ pub(crate) async fn declare(ch: &Channel, names: &Names) -> lapin::Result<()> {
     counts(ch, names).await.map(|_| ())
 }
 
+/// Messages ready in the work queue (not delivered to any consumer).
+pub(crate) async fn ready(ch: &Channel, names: &Names) -> lapin::Result<u64> {
+    Ok(u64::from(
+        ch.queue_declare(names.work.as_str().into(), durable(), work_args())
+            .await?
+            .message_count(),
+    ))
+}
+
 pub(crate) struct Counts {
     pub(crate) work: u64,
     pub(crate) delayed: u64,

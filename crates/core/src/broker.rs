@@ -267,6 +267,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Cancel requests announced by any process, for a worker to stop the jobs it runs.
     fn cancel_requests(&self) -> tokio::sync::broadcast::Receiver<JobId>;
 
+    /// Gives back jobs fetched ahead of any lease (a prefetch window), so that other workers
+    /// get them without an attempt counted against them. A worker calls this once it has
+    /// stopped leasing; brokers that fetch nothing ahead do nothing.
+    async fn release_prefetched(&self) {}
+
     /// Sets a queue's pool-wide limits (replacing all four). Brokers without shared limits
     /// refuse with [`BrokerError::Unsupported`]; [`Capabilities::limits`] says which.
     async fn set_limits(&self, _queue: &QueueName, _limits: &QueueLimits) -> BrokerResult<()> {
