@@ -485,12 +485,13 @@ async fn redis_api_and_two_worker_processes() {
 }
 
 /// Postgres (history) stopped for 10 s in the middle of 10,000 jobs: the API keeps accepting,
-/// workers keep running jobs, and once Postgres is back every job's history is complete
+/// workers keep running jobs up to their bound of held leases, and once Postgres is back every job's history is complete
 /// (enqueued, started, succeeded) and every job succeeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_loses_no_history() {
     use sqlx::Connection;
 
+    const HELD_MAX: u64 = 200 + 300;
     let pg = support::PostgresServer::start();
     let dir = tempfile::tempdir().unwrap();
     let dev = start(
@@ -498,6 +499,7 @@ async fn postgres_outage_loses_no_history() {
         &[
             ("FERRY_DATABASE_URL", pg.url()),
             ("FERRY_WORKER_CONCURRENCY", "200".into()),
+            ("FERRY_WORKER_SETTLE_WINDOW", "300".into()),
         ],
     );
     let client = reqwest::Client::new();
@@ -517,12 +519,12 @@ async fn postgres_outage_loses_no_history() {
             v["jobs"].as_array().unwrap().len()
         }
     };
-    let backlog = || {
+    let leased = || {
         let client = client.clone();
         let url = format!("{}/v1/queues/outage", dev.base);
         async move {
             let q: Value = client.get(url).send().await.unwrap().json().await.unwrap();
-            q["stats"]["ready"].as_u64().unwrap()
+            q["stats"]["leased"].as_u64().unwrap()
         }
     };
     let mut accepted = 0;
@@ -535,18 +537,34 @@ async fn postgres_outage_loses_no_history() {
         accepted += submit(batch(1000)).await;
     }
     assert_eq!(accepted, 10_000);
-    let during = backlog().await;
-    // Workers keep working while Postgres is away: the backlog shrinks.
+    // Workers keep running jobs while Postgres is away, until they hold concurrency +
+    // settle window leases (finished jobs whose acks wait for their history); then they
+    // lease no more, so that a crash during the outage re-runs at most that many.
     let start = Instant::now();
-    while backlog().await >= during && during > 0 {
+    loop {
+        let held = leased().await;
+        assert!(
+            held <= HELD_MAX,
+            "{held} leases held while postgres was down"
+        );
+        if held == HELD_MAX {
+            break;
+        }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "workers stalled while postgres was down"
+            "workers stalled while postgres was down: {held} leases held"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let down_for = Duration::from_secs(10).saturating_sub(start.elapsed());
-    tokio::time::sleep(down_for).await;
+    let until = start + Duration::from_secs(10);
+    while Instant::now() < until {
+        let held = leased().await;
+        assert!(
+            held <= HELD_MAX,
+            "{held} leases held while postgres was down"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     pg.restart();
 
     // Every job's history completes once Postgres is back.
