@@ -471,11 +471,11 @@ impl Inner {
         for c in futures_util::future::join_all(confirms.into_iter().map(confirmed)).await {
             c?;
         }
-        for t in acks {
-            s.consume
-                .basic_ack(t, BasicAckOptions::default())
-                .await
-                .map_err(|e| unavailable(&e))?;
+        let acked = acks
+            .iter()
+            .map(|t| s.consume.basic_ack(*t, BasicAckOptions::default()));
+        for a in futures_util::future::join_all(acked).await {
+            a.map_err(|e| unavailable(&e))?;
         }
         Ok(())
     }

@@ -38,6 +38,18 @@ impl<F: Fn(&str) -> Option<String>> Env for F {
     }
 }
 
+/// A count that must be at least 1.
+fn at_least_one(env: &dyn Env, var: &'static str, default: usize) -> Result<usize, ConfigError> {
+    match parsed(env, var, default, "a positive whole number")? {
+        0 => Err(ConfigError {
+            var,
+            value: "0".into(),
+            reason: "must be at least 1".into(),
+        }),
+        n => Ok(n),
+    }
+}
+
 fn parsed<T: FromStr>(
     env: &dyn Env,
     var: &'static str,
@@ -267,32 +279,8 @@ impl WorkerConfig {
     /// # Errors
     /// On a malformed variable.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let concurrency: usize = parsed(
-            env,
-            "FERRY_WORKER_CONCURRENCY",
-            50,
-            "a positive whole number",
-        )?;
-        if concurrency == 0 {
-            return Err(ConfigError {
-                var: "FERRY_WORKER_CONCURRENCY",
-                value: "0".into(),
-                reason: "must be at least 1".into(),
-            });
-        }
-        let settle_window: usize = parsed(
-            env,
-            "FERRY_WORKER_SETTLE_WINDOW",
-            1000,
-            "a positive whole number",
-        )?;
-        if settle_window == 0 {
-            return Err(ConfigError {
-                var: "FERRY_WORKER_SETTLE_WINDOW",
-                value: "0".into(),
-                reason: "must be at least 1".into(),
-            });
-        }
+        let concurrency = at_least_one(env, "FERRY_WORKER_CONCURRENCY", 50)?;
+        let settle_window = at_least_one(env, "FERRY_WORKER_SETTLE_WINDOW", 1000)?;
         let queues = match env.get("FERRY_QUEUES") {
             None => QueueSelector::All,
             Some(v) if v.trim() == "*" => QueueSelector::All,
