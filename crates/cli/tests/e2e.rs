@@ -320,10 +320,27 @@ async fn rabbitmq_restart_loses_no_accepted_job() {
     broker_restart_loses_no_accepted_job(&env, &mut node, "RabbitMQ").await;
 }
 
+/// The same on Kafka: a private tansu keeping its topics in a SQLite file is `kill -9`ed
+/// and restarted; a 202 comes only after every record is acknowledged (`acks=all`), and the
+/// consumer group's committed offsets survive with the records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_restart_loses_no_accepted_job() {
+    let mut tansu = support::Tansu::start_durable();
+    let env = [
+        ("FERRY_BROKER_URL", tansu.url()),
+        ("FERRY_QUEUES", "restart".to_owned()),
+    ];
+    broker_restart_loses_no_accepted_job(&env, &mut tansu, "Kafka").await;
+}
+
 /// A broker a test can kill and start again on the same data.
 trait Restartable {
     fn kill(&mut self);
     fn restart(&mut self);
+    /// How long it stays down: long enough that submissions meanwhile are refused.
+    fn outage(&self) -> Duration {
+        Duration::from_millis(1500)
+    }
 }
 
 impl Restartable for support::RedisServer {
@@ -332,6 +349,20 @@ impl Restartable for support::RedisServer {
     }
     fn restart(&mut self) {
         support::RedisServer::restart(self);
+    }
+}
+
+impl Restartable for support::Tansu {
+    fn kill(&mut self) {
+        support::Tansu::kill(self);
+    }
+    fn restart(&mut self) {
+        support::Tansu::restart(self);
+    }
+    /// The producer retries for 5 s before the API gives up with a 503: a shorter outage
+    /// only delays the 202s.
+    fn outage(&self) -> Duration {
+        Duration::from_secs(7)
     }
 }
 
@@ -416,7 +447,7 @@ async fn broker_restart_loses_no_accepted_job(
     wait_accepted(300).await;
     broker.kill();
     let at_kill = accepted_count.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(broker.outage()).await;
     broker.restart();
     // Submissions resume once Redis is back.
     wait_accepted(at_kill + 300).await;
@@ -485,8 +516,8 @@ async fn redis_api_and_two_worker_processes() {
 }
 
 /// Postgres (history) stopped for 10 s in the middle of 10,000 jobs: the API keeps accepting,
-/// workers keep running jobs up to their bound of held leases, and once Postgres is back every job's history is complete
-/// (enqueued, started, succeeded) and every job succeeded.
+/// workers keep running jobs up to their bound of held leases, and once Postgres is back
+/// every job's history is complete (enqueued, started, succeeded) and every job succeeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_loses_no_history() {
     use sqlx::Connection;

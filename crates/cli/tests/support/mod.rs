@@ -412,41 +412,86 @@ impl Drop for RabbitNode {
     }
 }
 
-/// A private tansu (Kafka-protocol broker, in memory) listening on `port` and telling
-/// clients to connect to `advertised` (a proxy in front of it). Killed on drop.
+/// A private tansu (Kafka-protocol broker) listening on `port` and telling clients to
+/// connect to `advertised` (the same port, or a proxy in front of it), keeping its topics in
+/// memory or in a SQLite file of its own that survives a restart. Killed on drop.
 pub struct Tansu {
-    child: std::process::Child,
+    args: Vec<String>,
+    port: u16,
+    /// Where it runs (a `sqlite://` storage path is relative to it).
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
 }
 
 impl Tansu {
+    /// In memory, behind a proxy.
     pub fn start(port: u16, advertised: u16) -> Self {
+        Self::start_with(port, advertised, "memory://tansu/")
+    }
+
+    /// On a port of its own, with its topics in a SQLite file (tansu's `libsql` storage,
+    /// which `scripts/test` builds in): a `kill -9` and a restart keep every acknowledged
+    /// record and committed offset.
+    pub fn start_durable() -> Self {
+        let port = free_port();
+        Self::start_with(port, port, "sqlite://tansu/tansu.db")
+    }
+
+    fn start_with(port: u16, advertised: u16, storage: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tansu")).unwrap();
+        let args = vec![
+            "broker".to_owned(),
+            "--listener-url".to_owned(),
+            format!("tcp://127.0.0.1:{port}"),
+            "--advertised-listener-url".to_owned(),
+            format!("tcp://127.0.0.1:{advertised}"),
+            "--storage-engine".to_owned(),
+            storage.to_owned(),
+        ];
+        let mut t = Self {
+            args,
+            port,
+            dir,
+            child: None,
+        };
+        t.restart();
+        t
+    }
+
+    pub fn url(&self) -> String {
+        format!("kafka://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, on the same storage) and waits for its port.
+    pub fn restart(&mut self) {
         let child = Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{advertised}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
+            .args(&self.args)
+            .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn tansu (scripts/test installs it)");
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < until, "tansu did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < until, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child }
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
 impl Drop for Tansu {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
